@@ -1,0 +1,3 @@
+from medddpm.cli import main
+
+main()
