@@ -1,0 +1,40 @@
+# medddpm: `make demo` shows the whole tool on a built-in cohort; `make test` runs the test suite.
+# Both create .venv when missing. torch==2.13.0 is installed first, on its own: a plain `torch`
+# requirement on a machine with none pulls a CUDA build of several GB.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: test test-slow lint format demo clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[dev,demo]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check medddpm tests benchmarks examples
+	$(BIN)/ruff format --check medddpm tests benchmarks examples
+
+format: $(STAMP)
+	$(BIN)/ruff format medddpm tests benchmarks examples
+	$(BIN)/ruff check --fix medddpm tests benchmarks examples
+
+demo: $(STAMP)
+	$(BIN)/medddpm demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

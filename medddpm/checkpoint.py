@@ -1,0 +1,185 @@
+"""Checkpoints on disk: safetensors weights, plain-typed training state, written atomically.
+
+Layout of one checkpoint, ``RUN_DIR/checkpoints/step-00001000/``::
+
+    model.safetensors     the trained weights
+    ema.safetensors       the EMA weights (what sampling uses by default)
+    training_state.pt     optimizer, LR schedule, grad scaler, step, RNG states: tensors and plain
+                          types only, loaded with torch.load(weights_only=True)
+    meta.json             step, resolved config, library versions
+
+A checkpoint is written into a hidden temporary folder, every file fsynced, then renamed into
+place: a folder named ``step-N`` is always complete, whatever moment a crash strikes. ``latest``
+is the highest such step. Nothing here unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from medddpm.config import Config, config_from_dict
+from medddpm.errors import InputError
+
+CHECKPOINTS = "checkpoints"
+FILES = ("model.safetensors", "ema.safetensors", "training_state.pt", "meta.json")
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _plain_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model_state: dict[str, torch.Tensor],
+    ema_state: dict[str, torch.Tensor],
+    training_state: dict[str, Any],
+    meta: dict[str, Any],
+    keep_last: int,
+) -> Path:
+    """Write ``checkpoints/step-N/`` atomically, then delete all but the ``keep_last`` newest."""
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    tmp = root / f".tmp-{step_dir_name(step)}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(_plain_state(model_state), tmp / "model.safetensors", metadata={"step": str(step)})
+    save_file(_plain_state(ema_state), tmp / "ema.safetensors", metadata={"step": str(step)})
+    torch.save(training_state, tmp / "training_state.pt")
+    (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
+    for name in FILES:
+        _fsync(tmp / name)
+    _fsync(tmp)
+    if final.exists():  # the same step written again (a resumed run interrupted at once)
+        old = root / f".old-{final.name}-{os.getpid()}"
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    _fsync(root)
+    for _, stale in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first. Temporary folders of interrupted writes are ignored."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def resolve_checkpoint(spec: str | Path, run_dir: Path | None = None) -> Path:
+    """``latest``, ``step-N`` (within ``run_dir``), a checkpoint folder, or a run folder (its latest)."""
+    spec_str = str(spec)
+    if run_dir is not None and (spec_str == "latest" or spec_str.startswith("step-")):
+        checkpoints = list_checkpoints(run_dir)
+        if not checkpoints:
+            raise InputError("no complete checkpoint in this run folder (was it trained?)", run_dir)
+        if spec_str == "latest":
+            return checkpoints[-1][1]
+        m = re.fullmatch(r"step-(\d+)", spec_str)
+        wanted = int(m.group(1)) if m else -1
+        for step, path in checkpoints:
+            if step == wanted:
+                return path
+        have = ", ".join(str(s) for s, _ in checkpoints)
+        raise InputError(f"no checkpoint {spec_str} (steps available: {have})", run_dir)
+    path = Path(spec)
+    if not path.exists():
+        raise InputError("no such checkpoint folder", path)
+    if path.is_dir():
+        is_checkpoint = (path / "meta.json").exists() or _STEP_DIR.match(path.name)
+        return path if is_checkpoint else resolve_checkpoint("latest", path)
+    raise InputError(
+        "a checkpoint is a folder (RUN_DIR/checkpoints/step-N) holding model.safetensors, "
+        "ema.safetensors and meta.json; single weight files are not accepted",
+        path,
+    )
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+    config: Config
+    meta: dict[str, Any]
+
+    def weights(self, ema: bool = True) -> dict[str, torch.Tensor]:
+        name = "ema.safetensors" if ema else "model.safetensors"
+        try:
+            return load_file(self.path / name)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise InputError(f"corrupt or unreadable weights ({str(e).splitlines()[0]})", self.path / name) from None
+
+    def training_state(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        path = self.path / "training_state.pt"
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:  # weights_only refuses anything but tensors and plain types
+            raise InputError(f"corrupt or unsafe training state ({str(e).splitlines()[0][:160]})", path) from None
+
+
+def open_checkpoint(path: Path) -> Checkpoint:
+    """Read a checkpoint's meta.json and config; weights are read on demand."""
+    missing = [f for f in FILES if not (path / f).is_file()]
+    if missing:
+        raise InputError(f"incomplete checkpoint: missing {', '.join(missing)}", path)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"unreadable meta.json ({e})", path) from None
+    if not isinstance(meta, dict) or "config" not in meta or "step" not in meta:
+        raise InputError("meta.json lacks 'config' or 'step'", path / "meta.json")
+    config = config_from_dict(meta["config"], str(path / "meta.json"))
+    return Checkpoint(path=path, step=int(meta["step"]), config=config, meta=meta)
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Load a state dict strictly; a mismatch means the checkpoint's config does not fit its weights."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
+        raise InputError(f"weights do not match the checkpoint's model config: {'; '.join(parts)}", source)
+    model.load_state_dict(state)

@@ -1,0 +1,213 @@
+"""The ``medddpm`` command: option parsing only; each command calls one plain function.
+
+Heavy imports (torch, MONAI) happen inside the commands so that ``--help`` is instant.
+Exit codes: 0 success, 1 unexpected failure, 2 bad input or usage (one line, no traceback unless
+``--debug``), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="medddpm",
+    help="3D denoising diffusion for medical volumes: train on NIfTI scans, sample, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+console = Console(stderr=True, highlight=False)
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    _state["debug"] = debug
+    if version:
+        from medddpm import __version__
+
+        typer.echo(f"medddpm {__version__}")
+        raise typer.Exit()
+
+
+# Shared option types --------------------------------------------------------------------------
+ConfigOpt = Annotated[
+    str | None, typer.Option("--config", "-c", help="YAML config file, or a preset name from configs/.")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override one config value, e.g. --set train.lr=3e-4 (repeatable)."),
+]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.")]
+PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="auto, fp32, bf16 or fp16.")]
+
+
+@app.command()
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="Folder of .nii / .nii.gz scans (searched recursively).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder to write.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    image_size: Annotated[
+        list[int] | None, typer.Option("--image-size", help="Voxels per side (one number, or three).")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps to train for.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Volumes per step per process.")] = None,
+    precision: PrecisionOpt = None,
+    device: DeviceOpt = None,
+    checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", help="Steps between checkpoints.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for weights, batches and noise.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's latest checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again in a folder that holds a run.")] = False,
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Skip unusable scans (with a warning) instead of stopping.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show config, data, model size and memory estimate; train nothing.")
+    ] = False,
+) -> None:
+    """Train a 3D DDPM on a folder of NIfTI scans."""
+    from medddpm.config import build_config, resolve_config_path
+
+    if resume and config is None and (output / "config.yaml").is_file():
+        config = str(output / "config.yaml")  # a resumed run keeps its own config unless told otherwise
+    elif config is not None:
+        resolve_config_path(config)
+    if image_size is not None and len(image_size) not in (1, 3):
+        _fail("--image-size takes one number or three")
+    flags: dict[str, Any] = {
+        "data.image_size": None if image_size is None else (image_size[0] if len(image_size) == 1 else image_size),
+        "train.max_steps": max_steps,
+        "train.batch_size": batch_size,
+        "train.precision": precision,
+        "train.device": device,
+        "train.checkpoint_every": checkpoint_every,
+        "train.seed": seed,
+    }
+    cfg = build_config(config, set_ or [], flags)
+    if dry_run:
+        from medddpm.dryrun import dry_run as run_dry
+
+        run_dry(cfg, data_dir, console)
+        return
+
+    from medddpm.training import train as run_training
+
+    with _training_progress() as on_step:
+        result = run_training(
+            cfg, data_dir, output, resume=resume, overwrite=overwrite, skip_invalid=skip_invalid,
+            log=console.print, on_step=on_step,
+        )
+    if result.interrupted:
+        raise typer.Exit(130)
+    console.print(f"[green]Done:[/] step {result.step}, checkpoint {result.checkpoint}")
+
+
+def _training_progress():
+    """A rich progress bar fed by the training loop's per-step callback."""
+    import contextlib
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    @contextlib.contextmanager
+    def context():
+        progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[rate]} it/s"), TimeRemainingColumn(), console=console, transient=False,
+        )
+        task = None
+        start_step = None
+
+        def on_step(entry) -> None:
+            nonlocal task, start_step
+            if task is None:
+                start_step = entry.step - 1
+                task = progress.add_task("train", total=entry.max_steps, completed=start_step, loss="-", rate="-")
+            rate = (entry.step - start_step) / entry.seconds if entry.seconds > 0 else 0.0
+            progress.update(task, completed=entry.step, loss=f"{entry.loss:.4f}", rate=f"{rate:.2f}")
+
+        with progress:
+            yield on_step
+
+    return context()
+
+
+@app.command()
+def info(path: Annotated[Path, typer.Argument(help="A NIfTI file, or a folder of them.")]) -> None:
+    """Shape, spacing, orientation, data type and intensity range of a scan or of every scan in a folder."""
+    from rich.table import Table
+
+    from medddpm.data import discover_scans
+    from medddpm.errors import InputError
+    from medddpm.nifti import read_scan
+
+    files = discover_scans(path)
+    table = Table(title=f"{len(files)} scan{'s' if len(files) != 1 else ''} in {path}")
+    for column in ("file", "shape", "spacing (mm)", "axes", "dtype", "intensity range", "note"):
+        table.add_column(column)
+    bad = 0
+    for f in files:
+        name = str(f.relative_to(path)) if f != path else f.name
+        try:
+            _, _, s = read_scan(f)
+        except InputError as e:
+            bad += 1
+            table.add_row(name, "", "", "", "", "", f"[red]{str(e).removeprefix(f'{f}: ')}")
+            continue
+        table.add_row(
+            name, "x".join(map(str, s.shape)), " x ".join(f"{v:.3g}" for v in s.spacing), s.axcodes, s.dtype,
+            f"{s.intensity_min:.4g} .. {s.intensity_max:.4g}", "; ".join(s.warnings),
+        )
+    Console(highlight=False).print(table)
+    if bad:
+        console.print(f"[red]{bad} of {len(files)} scans are unusable[/]")
+        raise typer.Exit(2)
+
+
+def _fail(message: str) -> None:
+    from medddpm.errors import InputError
+
+    raise InputError(message)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning user-fixable errors into one line and exit code 2."""
+    from medddpm.errors import InputError, TrainingAborted
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except (InputError, TrainingAborted) as e:
+        if _state["debug"]:
+            raise
+        console.print(f"[red]error:[/] {e}", soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as e:  # click's usage errors carry their own exit code (2)
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if _state["debug"]:
+            raise
+        console.print(f"[red]unexpected error:[/] {type(e).__name__}: {e} (rerun with --debug for the traceback)")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

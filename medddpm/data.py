@@ -1,0 +1,196 @@
+"""From a folder of NIfTI scans to cached training batches [B, 1, D, H, W] in [-1, 1].
+
+discover_scans -> preflight (every file read and checked) -> MONAI transforms -> cache.
+The same transforms serve training, evaluation (``medddpm evaluate --run``) and the demo, so real
+and synthetic volumes are always compared at the same size, orientation and intensity scale.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.transforms import (
+    Compose,
+    CropForegroundd,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    Orientationd,
+    ResizeWithPadOrCropd,
+    Resized,
+    ScaleIntensityRanged,
+    ScaleIntensityRangePercentilesd,
+    Spacingd,
+)
+
+from medddpm.config import DataConfig
+from medddpm.errors import InputError
+from medddpm.nifti import ScanInfo, is_nifti, read_scan
+
+BACKGROUND = -1.0
+"""Model-space value of air / background after intensity mapping; padding uses it too."""
+
+
+def discover_scans(data_dir: str | Path) -> list[Path]:
+    """Every .nii / .nii.gz below ``data_dir`` (recursively, hidden files skipped), sorted."""
+    root = Path(data_dir)
+    if not root.exists():
+        raise InputError("no such folder", root)
+    if root.is_file():
+        if is_nifti(root):
+            return [root]
+        raise InputError("not a folder nor a NIfTI file (.nii / .nii.gz)", root)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and is_nifti(p))
+    if not files:
+        anything = any(p.is_file() for p in root.rglob("*"))
+        why = "no .nii or .nii.gz files in this folder" if anything else "the folder is empty"
+        raise InputError(why, root)
+    return files
+
+
+@dataclass
+class Preflight:
+    """The outcome of reading every input once: the usable scans and the rejected ones with reasons."""
+
+    valid: list[ScanInfo] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def error_report(self) -> str:
+        lines = [f"{len(self.skipped)} of {len(self.valid) + len(self.skipped)} scans are unusable:"]
+        lines += [f"  {s['path']}: {s['reason']}" for s in self.skipped]
+        lines.append("Fix or remove them, or pass --skip-invalid to train on the rest.")
+        return "\n".join(lines)
+
+
+def preflight(files: Sequence[Path], progress: Callable[[int, int], None] | None = None) -> Preflight:
+    """Open and fully read every file; collect every problem rather than stopping at the first."""
+    result = Preflight()
+    for i, path in enumerate(files):
+        try:
+            _, _, info = read_scan(path)
+            result.valid.append(info)
+        except InputError as e:
+            reason = str(e).removeprefix(f"{path}: ")
+            result.skipped.append({"path": str(path), "reason": reason})
+        if progress is not None:
+            progress(i + 1, len(files))
+    return result
+
+
+def output_spacing(cfg: DataConfig, scans: Sequence[ScanInfo]) -> tuple[float, float, float]:
+    """Voxel size of generated volumes: ``data.spacing`` if set, else the median of the inputs (RAS)."""
+    if cfg.spacing is not None:
+        return tuple(float(s) for s in cfg.spacing)
+    return tuple(float(statistics.median(s.spacing[i] for s in scans)) for i in range(3))
+
+
+def build_transforms(cfg: DataConfig) -> Compose:
+    """MONAI dictionary transforms on key "image": NIfTI path -> float32 tensor [1, D, H, W] in [-1, 1]."""
+    keys = ["image"]
+    steps: list = [
+        LoadImaged(keys, reader="NibabelReader", image_only=True),
+        EnsureChannelFirstd(keys),
+        Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+    ]
+    if cfg.spacing is not None:
+        steps.append(Spacingd(keys, pixdim=cfg.spacing, mode="bilinear", padding_mode="border"))
+    if cfg.modality == "ct":
+        steps.append(ScaleIntensityRanged(keys, cfg.a_min, cfg.a_max, -1.0, 1.0, clip=True))
+    else:
+        steps.append(
+            ScaleIntensityRangePercentilesd(
+                keys, cfg.lower_percentile, cfg.upper_percentile, -1.0, 1.0, clip=True
+            )
+        )
+    if cfg.foreground_crop:
+        steps.append(CropForegroundd(keys, source_key="image", select_fn=lambda x: x > BACKGROUND))
+    if cfg.resize == "resize":
+        steps.append(Resized(keys, spatial_size=cfg.image_size, mode="trilinear"))
+    else:
+        steps.append(ResizeWithPadOrCropd(keys, spatial_size=cfg.image_size, value=BACKGROUND))
+    steps.append(EnsureTyped(keys, dtype=torch.float32, track_meta=False))
+    return Compose(steps)
+
+
+def build_dataset(
+    cfg: DataConfig, files: Sequence[Path | str], cache_dir: Path | None = None, num_workers: int = 0
+) -> Dataset:
+    """Preprocess once and cache: in memory (CacheDataset) or on disk (PersistentDataset in ``cache_dir``)."""
+    items = [{"image": str(f)} for f in files]
+    transforms = build_transforms(cfg)
+    if cfg.cache == "disk":
+        if cache_dir is None:
+            raise ValueError("data.cache=disk needs a cache folder")
+        return PersistentDataset(items, transforms, cache_dir=cache_dir)
+    return CacheDataset(items, transforms, cache_rate=1.0, num_workers=num_workers, progress=False)
+
+
+def load_volumes(cfg: DataConfig, files: Sequence[Path | str]) -> torch.Tensor:
+    """All ``files`` through the training transforms, stacked: [N, 1, D, H, W] in [-1, 1]."""
+    transforms = build_transforms(cfg)
+    return torch.stack([transforms({"image": str(f)})["image"] for f in files])
+
+
+# ---------------------------------------------------------------------------------------------
+# Intensity units of outputs
+
+
+@dataclass(frozen=True)
+class IntensityMapping:
+    """How model space [-1, 1] maps back to the units samples are written in.
+
+    CT: the HU window [a_min, a_max] (samples in HU). MRI: per-volume percentiles were mapped to
+    [-1, 1], which cannot be inverted to scanner units, so samples are written on [0, 1]
+    (0 = the lower percentile, 1 = the upper one).
+    """
+
+    modality: str
+    a_min: float = -1000.0
+    a_max: float = 1000.0
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig) -> IntensityMapping:
+        return cls(cfg.modality, cfg.a_min, cfg.a_max)
+
+    @property
+    def units(self) -> str:
+        return "HU" if self.modality == "ct" else "normalised [0, 1] (0.5/99.5 percentiles of each scan)"
+
+    def to_output(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
+        x = np.clip(np.asarray(x, dtype=np.float32), -1.0, 1.0)
+        unit = (x + 1.0) / 2.0
+        if self.modality == "ct":
+            return unit * (self.a_max - self.a_min) + self.a_min
+        return unit
+
+
+def write_dataset_json(
+    path: Path, cfg: DataConfig, result: Preflight, data_dir: Path, spacing: tuple[float, float, float]
+) -> None:
+    """RUN_DIR/dataset.json: inputs used and skipped, and what sampling needs to write true geometry."""
+    record = {
+        "data_dir": str(data_dir),
+        "n_used": len(result.valid),
+        "n_skipped": len(result.skipped),
+        "files": [s.to_dict() for s in result.valid],
+        "skipped": result.skipped,
+        "image_size": list(cfg.image_size),
+        "output_spacing": list(spacing),
+        "orientation": "RAS",
+        "intensity": {
+            "modality": cfg.modality,
+            "a_min": cfg.a_min,
+            "a_max": cfg.a_max,
+            "lower_percentile": cfg.lower_percentile,
+            "upper_percentile": cfg.upper_percentile,
+            "output_units": IntensityMapping.from_config(cfg).units,
+        },
+    }
+    path.write_text(json.dumps(record, indent=2))

@@ -1,0 +1,452 @@
+"""``train(cfg, data_dir, run_dir)``: the DDPM training loop, top to bottom.
+
+1. Runtime: device, precision, torchrun process group.
+2. Run folder: refuse to overwrite, or pick up the latest checkpoint with ``resume``.
+3. Data: discover, preflight every file, record dataset.json, preprocess once into a cache.
+4. Model, EMA (torch AveragedModel), AdamW, warm-up + cosine LR, grad scaler for fp16.
+5. Loop: accumulate micro-batches, clip, step, update EMA; skip non-finite steps; log, checkpoint,
+   preview. Ctrl-C writes a checkpoint and returns.
+
+Every random draw of step s comes from a generator seeded by (seed, s, micro-batch, rank), and
+the batch order from (seed, epoch): resuming from step s reproduces exactly what an uninterrupted
+run would have done, with any number of processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import functools
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from medddpm.checkpoint import list_checkpoints, load_weights, open_checkpoint, save_checkpoint
+from medddpm.config import Config, save_config
+from medddpm.data import (
+    build_dataset,
+    discover_scans,
+    output_spacing,
+    preflight,
+    write_dataset_json,
+)
+from medddpm.diffusion import NoiseSchedule, diffusion_loss
+from medddpm.errors import InputError, TrainingAborted
+from medddpm.runtime import (
+    Distributed,
+    autocast,
+    check_torch_version,
+    init_distributed,
+    library_versions,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
+from medddpm.unet import build_unet, count_parameters
+
+METRICS_FIELDS = ["step", "loss", "lr", "grad_norm", "skipped_nonfinite", "seconds"]
+RUN_FILES = ("checkpoints", "previews", "metrics.csv", "config.yaml", "dataset.json", "cache", "tensorboard")
+# Sections whose change makes a checkpoint meaningless for the run (what train/sample may change is free).
+FROZEN_SECTIONS = ("data", "model", "diffusion")
+
+
+@dataclass
+class StepLog:
+    step: int
+    max_steps: int
+    loss: float
+    lr: float
+    grad_norm: float
+    skipped_nonfinite: int
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    checkpoint: Path | None
+    interrupted: bool = False
+
+
+def _no_log(message: str) -> None:
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces the loop is built from
+
+
+def lr_lambda(cfg_warmup: int, max_steps: int, min_ratio: float) -> Callable[[int], float]:
+    """Linear warm-up to the peak LR, then cosine decay to ``min_ratio`` of it at ``max_steps``."""
+
+    def factor(step: int) -> float:
+        if step < cfg_warmup:
+            return (step + 1) / cfg_warmup
+        progress = min(1.0, (step - cfg_warmup) / max(1, max_steps - cfg_warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def batch_indices(position: int, batch_size: int, n: int, seed: int) -> list[int]:
+    """Items ``position .. position+batch_size-1`` of an endless stream of per-epoch permutations.
+
+    Epoch e is ``randperm(n)`` seeded by (seed, e): a pure function of the position, so a
+    resumed run (or another rank, at another position) needs no sampler state.
+    """
+    out = []
+    for p in range(position, position + batch_size):
+        epoch, offset = divmod(p, n)
+        out.append(_epoch_order(n, seed, epoch)[offset])
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def step_generator(seed: int, step: int, micro: int, rank: int, device: torch.device) -> torch.Generator:
+    """The generator for the timesteps and noise of one micro-batch on one rank."""
+    g = torch.Generator(device=device)
+    g.manual_seed((((seed * 1_000_003 + step) * 64 + micro) * 4096 + rank) % 2**63)
+    return g
+
+
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Never overwrite a run by accident; check the folder can be written before any work starts."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError("exists and is not a folder", run_dir)
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (resume or overwrite):
+        raise InputError(
+            "output folder is not empty; pass --resume to continue this run or --overwrite to start again",
+            run_dir,
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise InputError(f"cannot write to the output folder ({e.strerror})", run_dir) from None
+    if overwrite and not resume:
+        for name in RUN_FILES:
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+
+
+def check_resume_config(cfg: Config, saved: Config, source: Path) -> None:
+    """The data, model and diffusion sections must match the checkpoint; train and sample may change."""
+    new, old = cfg.to_dict(), saved.to_dict()
+    for section in FROZEN_SECTIONS:
+        for key, value in old[section].items():
+            if new[section].get(key) != value:
+                raise InputError(
+                    f"cannot resume: {section}.{key} is {new[section].get(key)!r} here but "
+                    f"{value!r} in the checkpoint; drop the change or train into a new folder",
+                    source,
+                )
+
+
+class MetricsLog:
+    """RUN_DIR/metrics.csv; on resume, rows past the checkpoint's step are dropped (they will be redone)."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        rows = []
+        if resume_step is not None and path.exists():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRICS_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, log: StepLog) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerow(
+                [log.step, f"{log.loss:.6g}", f"{log.lr:.6g}", f"{log.grad_norm:.6g}", log.skipped_nonfinite,
+                 f"{log.seconds:.2f}"]
+            )
+
+
+def rng_state() -> dict:
+    import random
+
+    import numpy as np
+
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype("int64")), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype("uint32"), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(
+    cfg: Config,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    skip_invalid: bool = False,
+    log: Callable[[str], None] = _no_log,
+    on_step: Callable[[StepLog], None] | None = None,
+) -> TrainResult:
+    """Train a DDPM on the NIfTI scans below ``data_dir``, writing everything into ``run_dir``."""
+    data_dir, run_dir = Path(data_dir), Path(run_dir)
+    tc = cfg.train
+
+    # 1. Runtime -------------------------------------------------------------------------------
+    check_torch_version()
+    device = resolve_device(tc.device)
+    dist = init_distributed(device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    precision = resolve_precision(tc.precision, device)
+    if not dist.is_main:
+        log = _no_log
+
+    # 2. Run folder ----------------------------------------------------------------------------
+    if dist.is_main:
+        check_run_dir(run_dir, resume, overwrite)
+    dist.barrier()
+    checkpoints = list_checkpoints(run_dir) if resume else []
+    start = open_checkpoint(checkpoints[-1][1]) if checkpoints else None
+    if start is not None:
+        check_resume_config(cfg, start.config, start.path)
+        log(f"Resuming from {start.path} (step {start.step})")
+    elif resume:
+        log(f"No complete checkpoint in {run_dir}: starting from step 0")
+
+    # 3. Data ----------------------------------------------------------------------------------
+    files = discover_scans(data_dir)
+    checked = preflight(files)
+    if checked.skipped and not skip_invalid:
+        raise InputError(checked.error_report())
+    if not checked.valid:
+        raise InputError("no usable scans after preflight", data_dir)
+    for bad in checked.skipped:
+        log(f"[yellow]skipping[/] {bad['path']}: {bad['reason']}")
+    spacing = output_spacing(cfg.data, checked.valid)
+    if dist.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+        write_dataset_json(run_dir / "dataset.json", cfg.data, checked, data_dir, spacing)
+    dataset = build_dataset(cfg.data, [s.path for s in checked.valid], run_dir / "cache", cfg.data.num_workers)
+    n = len(dataset)
+
+    # 4. Model, EMA, optimiser -----------------------------------------------------------------
+    seed_everything(tc.seed)
+    model = build_unet(cfg.model).to(device)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    schedule = NoiseSchedule.from_config(cfg.diffusion)
+    step = 0
+    nonfinite_total = 0
+    if start is not None:
+        load_weights(model, start.weights(ema=False), start.path / "model.safetensors")
+        load_weights(ema.module, start.weights(ema=True), start.path / "ema.safetensors")
+        state = start.training_state()
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        ema.n_averaged.copy_(state["ema_n_averaged"])
+        set_rng_state(state["rng"])
+        step, nonfinite_total = int(state["step"]), int(state["skipped_nonfinite"])
+    network: torch.nn.Module = model
+    if dist.enabled:
+        network = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if tc.compile:
+        network = torch.compile(network)
+
+    effective = tc.batch_size * tc.grad_accum * dist.world_size
+    log(
+        f"{n} scans, {count_parameters(model) / 1e6:.2f}M parameters, {device.type} {precision}, "
+        f"effective batch {effective} ({tc.batch_size} x {tc.grad_accum} accumulation x {dist.world_size} "
+        f"process{'es' if dist.world_size > 1 else ''})"
+    )
+
+    def checkpoint_now() -> Path | None:
+        path = None
+        if dist.is_main:
+            path = save_checkpoint(
+                run_dir,
+                step,
+                model.state_dict(),
+                ema.module.state_dict(),
+                {
+                    "step": step,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "ema_n_averaged": ema.n_averaged.detach().cpu(),
+                    "skipped_nonfinite": nonfinite_total,
+                    "rng": rng_state(),
+                },
+                {"config": cfg.to_dict(), "output_spacing": list(spacing), "versions": library_versions()},
+                tc.keep_last,
+            )
+        dist.barrier()
+        return path
+
+    # 5. Loop ----------------------------------------------------------------------------------
+    metrics = MetricsLog(run_dir / "metrics.csv", step if start else None) if dist.is_main else None
+    writer = _tensorboard(run_dir) if tc.tensorboard and dist.is_main else None
+    last_checkpoint = start.path if start else None
+    consecutive_nonfinite = 0
+    t0 = time.perf_counter()
+    model.train()
+    try:
+        while step < tc.max_steps:
+            loss_sum = 0.0
+            for micro in range(tc.grad_accum):
+                position = ((step * tc.grad_accum + micro) * dist.world_size + dist.rank) * tc.batch_size
+                idx = batch_indices(position, tc.batch_size, n, tc.seed)
+                x0 = torch.stack([dataset[i]["image"] for i in idx]).to(device, non_blocking=True)
+                g = step_generator(tc.seed, step, micro, dist.rank, device)
+                sync = micro == tc.grad_accum - 1 or not dist.enabled
+                with network.no_sync() if not sync else contextlib.nullcontext():
+                    with autocast(precision, device):
+                        loss = diffusion_loss(network, schedule, x0, generator=g) / tc.grad_accum
+                    scaler.scale(loss).backward()
+                loss_sum += float(loss.detach())
+            scaler.unscale_(optimizer)
+            max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+            if math.isfinite(grad_norm) and math.isfinite(loss_sum):
+                scaler.step(optimizer)
+                consecutive_nonfinite = 0
+                ema.update_parameters(model)
+            else:
+                nonfinite_total += 1
+                consecutive_nonfinite += 1
+                if consecutive_nonfinite >= tc.max_nonfinite:
+                    raise TrainingAborted(
+                        f"{consecutive_nonfinite} steps in a row had a non-finite loss or gradient "
+                        f"(last at step {step + 1}); try --precision fp32 or a lower train.lr "
+                        f"(now {tc.lr:g}), then --resume"
+                    )
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+
+            if step % tc.log_every == 0 or step == tc.max_steps:
+                if dist.enabled:
+                    t = torch.tensor([loss_sum], device=device)
+                    torch.distributed.all_reduce(t)
+                    loss_sum = float(t) / dist.world_size
+                entry = StepLog(step, tc.max_steps, loss_sum, scheduler.get_last_lr()[0], grad_norm,
+                                nonfinite_total, time.perf_counter() - t0)
+                if metrics is not None:
+                    metrics.write(entry)
+                if writer is not None:
+                    writer.add_scalar("loss", entry.loss, step)
+                    writer.add_scalar("lr", entry.lr, step)
+            if on_step is not None and dist.is_main:
+                on_step(StepLog(step, tc.max_steps, loss_sum, scheduler.get_last_lr()[0], grad_norm,
+                                nonfinite_total, time.perf_counter() - t0))
+            if step % tc.checkpoint_every == 0 or step == tc.max_steps:
+                last_checkpoint = checkpoint_now() or last_checkpoint
+            if tc.preview_every and (step % tc.preview_every == 0 or step == tc.max_steps) and dist.is_main:
+                write_preview(ema.module, schedule, cfg, step, run_dir, spacing, device, precision)
+                model.train()
+    except KeyboardInterrupt:
+        last_checkpoint = checkpoint_now() or last_checkpoint
+        log(
+            f"Interrupted at step {step}; checkpoint saved in {last_checkpoint}. "
+            f"Continue with: medddpm train {data_dir} --output {run_dir} --resume"
+        )
+        return TrainResult(run_dir, step, last_checkpoint, interrupted=True)
+    finally:
+        if writer is not None:
+            writer.close()
+    return TrainResult(run_dir, step, last_checkpoint)
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise InputError("train.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+@torch.no_grad()
+def write_preview(
+    model: torch.nn.Module,
+    schedule: NoiseSchedule,
+    cfg: Config,
+    step: int,
+    run_dir: Path,
+    spacing: tuple[float, float, float],
+    device: torch.device,
+    precision: str,
+) -> Path:
+    """previews/step-N.png: mid-slices of ``train.preview_num`` EMA samples (short DDIM, fixed seeds)."""
+    from medddpm.generation import generate
+    from medddpm.preview import save_montage
+
+    model.eval()
+    seeds = list(range(cfg.train.preview_num))
+    volumes = generate(model, schedule, cfg.data.image_size, seeds, "ddim", cfg.train.preview_steps,
+                       device=device, precision=precision)
+    path = run_dir / "previews" / f"step-{step:08d}.png"
+    save_montage(
+        [v[0].cpu().numpy() for v in volumes],
+        path,
+        spacing=spacing,
+        titles=[f"seed {s}" for s in seeds],
+        value_range=(-1.0, 1.0),
+        suptitle=f"EMA samples at step {step} (DDIM, {cfg.train.preview_steps} steps)",
+    )
+    return path
+
+
+def read_dataset_json(run_dir: Path) -> dict:
+    path = run_dir / "dataset.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"cannot read dataset.json ({e})", path) from None
+
+
+__all__ = ["train", "TrainResult", "StepLog", "Distributed"]
