@@ -36,7 +36,7 @@ def _triple(value: Any, name: str) -> Any:
 
 class Section(BaseModel):
     # Unknown keys are errors (with a suggestion, see _explain); assignments are validated too.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class DataConfig(Section):
@@ -173,8 +173,8 @@ class SampleConfig(Section):
     """DPM-Solver++(2M): near-DDPM quality in tens of steps."""
     steps: int = 25
     """Network evaluations per volume for the default sampler."""
-    eta: float = 0.0
-    """DDIM stochasticity (0: deterministic DDIM, 1: DDPM-like)."""
+    eta: float | None = None
+    """Sampler noise: None uses each sampler's own (ddpm 1, ddim 0, dpm++ 0 = the ODE solver)."""
     batch_size: int = 4
     """Volumes denoised at once."""
 
@@ -322,3 +322,26 @@ def load_config(path: str | Path) -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def default_yaml() -> str:
+    """configs/default.yaml: every field at its default, each with the reason for it as a comment."""
+    lines = [
+        "# Every medddpm setting at its default, with why. Copy, edit, and pass with --config.",
+        "# Regenerate with: python -m medddpm.config > medddpm/configs/default.yaml",
+    ]
+    defaults = Config()
+    for section in Config.model_fields:
+        lines.append("")
+        lines.append(f"{section}:")
+        sub = getattr(defaults, section)
+        for name, info in type(sub).model_fields.items():
+            value = yaml.safe_dump(sub.model_dump(mode="json")[name], default_flow_style=True).strip()
+            value = value.removesuffix("\n...").strip()
+            lines.append(f"  # {info.description}" if info.description else "")
+            lines.append(f"  {name}: {value}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(default_yaml(), end="")

@@ -29,7 +29,7 @@ def generate(
     sampler: str,
     steps: int,
     *,
-    eta: float = 0.0,
+    eta: float | None = None,
     device: torch.device | str = "cpu",
     precision: str = "fp32",
     batch_size: int | None = None,
@@ -56,7 +56,8 @@ def generate(
         batch_seeds = list(seeds[start : start + batch_size])
         generators = seeded_generators(batch_seeds)
         x_T = torch.stack([torch.randn(1, *image_size, generator=g) for g in generators]).to(device)
-        x_0 = sample(sampler, network, x_T, schedule, steps, eta=eta, generator=generators, callback=on_step)
+        noise = {} if eta is None else {"eta": eta}  # None: the sampler's own default
+        x_0 = sample(sampler, network, x_T, schedule, steps, generator=generators, callback=on_step, **noise)
         volumes = x_0.float().clamp(-1, 1).cpu()
         if on_batch is not None:
             on_batch(batch_seeds, volumes)
