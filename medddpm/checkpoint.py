@@ -141,14 +141,18 @@ class Checkpoint:
         try:
             return load_file(self.path / name)
         except (SafetensorError, OSError, ValueError) as e:
-            raise InputError(f"corrupt or unreadable weights ({str(e).splitlines()[0]})", self.path / name) from None
+            raise InputError(
+                f"corrupt or unreadable weights ({str(e).splitlines()[0]})", self.path / name
+            ) from None
 
     def training_state(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         path = self.path / "training_state.pt"
         try:
             return torch.load(path, map_location=map_location, weights_only=True)
         except Exception as e:  # weights_only refuses anything but tensors and plain types
-            raise InputError(f"corrupt or unsafe training state ({str(e).splitlines()[0][:160]})", path) from None
+            raise InputError(
+                f"corrupt or unsafe training state ({str(e).splitlines()[0][:160]})", path
+            ) from None
 
 
 def open_checkpoint(path: Path) -> Checkpoint:
@@ -180,6 +184,7 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         if wrong:
             k = wrong[0]
-            parts.append(f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
+            shapes = f"{tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+            parts.append(f"{len(wrong)} of another shape (e.g. {k}: {shapes})")
         raise InputError(f"weights do not match the checkpoint's model config: {'; '.join(parts)}", source)
     model.load_state_dict(state)

@@ -226,7 +226,9 @@ def _explain(error: ValidationError, source: str) -> InputError:
         hint = f"; did you mean '{close[0]}'?" if close else ""
         return InputError(f"unknown config key '{key}'{hint}", source)
     msg = first["msg"].removeprefix("Value error, ")
-    return InputError(f"invalid value for '{key}': {msg} (got {first.get('input')!r})" if key else msg, source)
+    return InputError(
+        f"invalid value for '{key}': {msg} (got {first.get('input')!r})" if key else msg, source
+    )
 
 
 def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:

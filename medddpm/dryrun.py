@@ -22,7 +22,9 @@ def dry_run(cfg: Config, data_dir: Path, console: Console) -> None:
     console.rule("data")
     files = discover_scans(data_dir)
     checked = preflight(files)
-    console.print(f"{len(files)} NIfTI files in {data_dir}: {len(checked.valid)} usable, {len(checked.skipped)} not")
+    console.print(
+        f"{len(files)} NIfTI files in {data_dir}: {len(checked.valid)} usable, {len(checked.skipped)} not"
+    )
     for bad in checked.skipped:
         console.print(f"  [yellow]{bad['path']}[/]: {bad['reason']}")
     if checked.valid:

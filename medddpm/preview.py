@@ -45,7 +45,9 @@ def save_montage(
     for row, volume in enumerate(volumes):
         for col, (image, aspect) in enumerate(zip(mid_slices(volume), _aspects(spacing), strict=True)):
             ax = axes[row][col]
-            ax.imshow(image, cmap="gray", origin="lower", aspect=aspect, vmin=value_range[0], vmax=value_range[1])
+            ax.imshow(
+                image, cmap="gray", origin="lower", aspect=aspect, vmin=value_range[0], vmax=value_range[1]
+            )
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:

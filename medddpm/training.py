@@ -19,6 +19,7 @@ import csv
 import functools
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -123,7 +124,10 @@ def step_generator(seed: int, step: int, micro: int, rank: int, device: torch.de
 
 
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Never overwrite a run by accident; check the folder can be written before any work starts."""
+    """Never overwrite a run by accident; fail before any work if the folder cannot be written.
+
+    Writes nothing: the folder is created only once the data has passed preflight.
+    """
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError("exists and is not a folder", run_dir)
     if run_dir.is_dir() and any(run_dir.iterdir()) and not (resume or overwrite):
@@ -131,13 +135,16 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
             "output folder is not empty; pass --resume to continue this run or --overwrite to start again",
             run_dir,
         )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise InputError(f"cannot write to the output folder ({e.strerror})", run_dir) from None
+    existing = run_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError("no permission to write here", existing)
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Create the run folder; with --overwrite (and no --resume) remove the previous run's own files."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     if overwrite and not resume:
         for name in RUN_FILES:
             target = run_dir / name
@@ -177,8 +184,14 @@ class MetricsLog:
     def write(self, log: StepLog) -> None:
         with self.path.open("a", newline="") as f:
             csv.writer(f).writerow(
-                [log.step, f"{log.loss:.6g}", f"{log.lr:.6g}", f"{log.grad_norm:.6g}", log.skipped_nonfinite,
-                 f"{log.seconds:.2f}"]
+                [
+                    log.step,
+                    f"{log.loss:.6g}",
+                    f"{log.lr:.6g}",
+                    f"{log.grad_norm:.6g}",
+                    log.skipped_nonfinite,
+                    f"{log.seconds:.2f}",
+                ]
             )
 
 
@@ -240,9 +253,7 @@ def train(
         log = _no_log
 
     # 2. Run folder ----------------------------------------------------------------------------
-    if dist.is_main:
-        check_run_dir(run_dir, resume, overwrite)
-    dist.barrier()
+    check_run_dir(run_dir, resume, overwrite)
     checkpoints = list_checkpoints(run_dir) if resume else []
     start = open_checkpoint(checkpoints[-1][1]) if checkpoints else None
     if start is not None:
@@ -262,9 +273,13 @@ def train(
         log(f"[yellow]skipping[/] {bad['path']}: {bad['reason']}")
     spacing = output_spacing(cfg.data, checked.valid)
     if dist.is_main:
+        prepare_run_dir(run_dir, resume, overwrite)
         save_config(cfg, run_dir / "config.yaml")
         write_dataset_json(run_dir / "dataset.json", cfg.data, checked, data_dir, spacing)
-    dataset = build_dataset(cfg.data, [s.path for s in checked.valid], run_dir / "cache", cfg.data.num_workers)
+    dist.barrier()
+    dataset = build_dataset(
+        cfg.data, [s.path for s in checked.valid], run_dir / "cache", cfg.data.num_workers
+    )
     n = len(dataset)
 
     # 4. Model, EMA, optimiser -----------------------------------------------------------------
@@ -374,16 +389,32 @@ def train(
                     t = torch.tensor([loss_sum], device=device)
                     torch.distributed.all_reduce(t)
                     loss_sum = float(t) / dist.world_size
-                entry = StepLog(step, tc.max_steps, loss_sum, scheduler.get_last_lr()[0], grad_norm,
-                                nonfinite_total, time.perf_counter() - t0)
+                entry = StepLog(
+                    step,
+                    tc.max_steps,
+                    loss_sum,
+                    scheduler.get_last_lr()[0],
+                    grad_norm,
+                    nonfinite_total,
+                    time.perf_counter() - t0,
+                )
                 if metrics is not None:
                     metrics.write(entry)
                 if writer is not None:
                     writer.add_scalar("loss", entry.loss, step)
                     writer.add_scalar("lr", entry.lr, step)
             if on_step is not None and dist.is_main:
-                on_step(StepLog(step, tc.max_steps, loss_sum, scheduler.get_last_lr()[0], grad_norm,
-                                nonfinite_total, time.perf_counter() - t0))
+                on_step(
+                    StepLog(
+                        step,
+                        tc.max_steps,
+                        loss_sum,
+                        scheduler.get_last_lr()[0],
+                        grad_norm,
+                        nonfinite_total,
+                        time.perf_counter() - t0,
+                    )
+                )
             if step % tc.checkpoint_every == 0 or step == tc.max_steps:
                 last_checkpoint = checkpoint_now() or last_checkpoint
             if tc.preview_every and (step % tc.preview_every == 0 or step == tc.max_steps) and dist.is_main:
@@ -406,7 +437,9 @@ def _tensorboard(run_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise InputError("train.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+        raise InputError(
+            "train.tensorboard=true needs the tensorboard package: pip install tensorboard"
+        ) from None
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
@@ -427,8 +460,16 @@ def write_preview(
 
     model.eval()
     seeds = list(range(cfg.train.preview_num))
-    volumes = generate(model, schedule, cfg.data.image_size, seeds, "ddim", cfg.train.preview_steps,
-                       device=device, precision=precision)
+    volumes = generate(
+        model,
+        schedule,
+        cfg.data.image_size,
+        seeds,
+        "ddim",
+        cfg.train.preview_steps,
+        device=device,
+        precision=precision,
+    )
     path = run_dir / "previews" / f"step-{step:08d}.png"
     save_montage(
         [v[0].cpu().numpy() for v in volumes],

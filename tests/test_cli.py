@@ -1,0 +1,84 @@
+"""The command line as a user meets it: exit codes, one-line errors, help that appears at once."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from nibabel.testing import data_path
+
+from medddpm.cli import main
+from tests.conftest import write_nifti
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as e:
+        main(args)
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return e.value.code or 0, out.out, out.err
+
+
+def test_help_is_fast_and_lists_commands():
+    # torch and MONAI are imported inside the commands only
+    code = "import sys, medddpm.cli; assert 'torch' not in sys.modules and 'monai' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "medddpm", "--help"], capture_output=True, text=True, check=True
+    )
+    for command in ("train", "info"):
+        assert command in out.stdout
+
+
+def test_info_table(capsys):
+    code, out, err = run_cli(["info", str(Path(data_path) / "anatomical.nii")], capsys)
+    assert code == 0
+    assert "33x41x25" in out and "LAS" in out and ">i2" in out
+
+
+def test_info_folder_flags_bad_files(tmp_path: Path, capsys):
+    write_nifti(tmp_path / "good.nii.gz", np.random.rand(6, 6, 6).astype(np.float32))
+    (tmp_path / "bad.nii.gz").write_text("text")
+    code, out, err = run_cli(["info", str(tmp_path)], capsys)
+    assert code == 2 and "good.nii.gz" in out and "bad.nii.gz" in out and "1 of 2" in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "{missing}", "--output", "{tmp}/run"], "no such folder"),
+        (["train", "{tmp}", "--output", "{tmp}/run", "--config", "nope"], "no such config file"),
+        (["train", "{tmp}", "--output", "{tmp}/run", "--set", "train.lr=fast"], "train.lr"),
+        (["train", "{tmp}", "--output", "{tmp}/run", "--precision", "fp8"], "train.precision"),
+        (["info", "{missing}"], "no such folder"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys, args, message):
+    args = [a.format(tmp=tmp_path, missing=tmp_path / "missing") for a in args]
+    code, out, err = run_cli(args, capsys)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_dry_run_prints_plan_and_writes_nothing(scan_dir: Path, tmp_path: Path, capsys):
+    code, out, err = run_cli(
+        ["train", str(scan_dir), "--output", str(tmp_path / "run"), "--config", "tiny", "--dry-run"], capsys
+    )
+    assert code == 0
+    assert "4 usable" in err and "parameters" in err and "estimated peak" in err and "image_size" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_then_resume_through_cli(scan_dir: Path, tmp_path: Path, capsys):
+    run = str(tmp_path / "run")
+    assert (
+        run_cli(["train", str(scan_dir), "--output", run, "--config", "tiny", "--max-steps", "2"], capsys)[0]
+        == 0
+    )
+    code, _, err = run_cli(["train", str(scan_dir), "--output", run, "--config", "tiny"], capsys)
+    assert code == 2 and "--resume" in err
+    code, _, err = run_cli(["train", str(scan_dir), "--output", run, "--resume", "--max-steps", "3"], capsys)
+    assert code == 0 and "Resuming" in err and "step 3" in err
