@@ -1,0 +1,257 @@
+"""3D feature networks for FID: MedicalNet-format ResNets built with MONAI.
+
+MedicalNet (Med3D, Chen et al. 2019) released 3D ResNets pretrained on 23 medical segmentation
+datasets; they are the field's usual feature network for 3D FID. The networks here are MONAI's
+``monai.networks.nets.resnet{10,18,34,50}`` configured as ``resnet{N}(pretrained=True)`` configures
+them for MedicalNet weights: ``spatial_dims=3, n_input_channels=1, feed_forward=False`` and
+
+    depth   shortcut_type   bias_downsample   features
+    10      B               False             512
+    18      A               (unused by A)     512
+    34      A               (unused by A)     512
+    50      B               False             2048
+
+(the shortcut types are MedicalNet's README table; ``bias_downsample=False`` because MedicalNet's
+1x1 shortcut convolutions have no bias; MONAI's ``get_medicalnet_pretrained_resnet_args`` says the
+same). Features are the global average pool of the last residual stage.
+
+MONAI's ResNet is not MedicalNet's forward pass: MedicalNet strides its first convolution by 2 and
+dilates stages 3 and 4 instead of striding them; the weights fit both. Features from here therefore
+match MONAI's ``resnet{N}(pretrained=True)``, not the original MedicalNet code, and an FID is
+comparable only with FIDs from the same network, weights (sha256) and preprocessing.
+
+Without weights the network is randomly initialised from a fixed seed; its FIDs are labelled
+"comparable only with itself".
+
+Weights files a user hands in are never unpickled as arbitrary objects: torch files are read with
+``torch.load(weights_only=True)``, and ``.safetensors`` files with safetensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from monai.networks.nets import resnet10, resnet18, resnet34, resnet50
+
+from medddpm.errors import InputError
+
+FeatureNetName = Literal["resnet10", "resnet18", "resnet34", "resnet50"]
+
+
+@dataclass(frozen=True)
+class _Architecture:
+    build: Callable[..., torch.nn.Module]
+    shortcut_type: Literal["A", "B"]
+    bias_downsample: bool
+    feature_dim: int
+
+
+ARCHITECTURES: dict[str, _Architecture] = {
+    "resnet10": _Architecture(resnet10, "B", False, 512),
+    "resnet18": _Architecture(resnet18, "A", True, 512),
+    "resnet34": _Architecture(resnet34, "A", True, 512),
+    "resnet50": _Architecture(resnet50, "B", False, 2048),
+}
+
+_SHOWN_KEYS = 5  # offending keys listed in an error message
+
+
+def build_resnet(name: str) -> torch.nn.Module:
+    """MONAI's ResNet ``name`` in MedicalNet's configuration, randomly initialised from the global RNG."""
+    if name not in ARCHITECTURES:
+        raise InputError(f"unknown feature network {name!r}: choose one of {', '.join(ARCHITECTURES)}")
+    arch = ARCHITECTURES[name]
+    return arch.build(
+        pretrained=False,
+        spatial_dims=3,
+        n_input_channels=1,
+        feed_forward=False,
+        shortcut_type=arch.shortcut_type,
+        bias_downsample=arch.bias_downsample,
+    )
+
+
+def medicalnet_normalize(volumes: torch.Tensor) -> torch.Tensor:
+    """Per-volume z-score over nonzero voxels, as MedicalNet's training data were normalised.
+
+    volumes: [N, 1, D, H, W] on any intensity scale. Each volume is shifted and scaled by the mean
+    and standard deviation of its nonzero voxels; zero voxels (background) become 0. MedicalNet put
+    N(0, 1) noise there; 0 is that noise's mean and keeps features deterministic. A volume with no
+    nonzero voxels stays 0; one with constant nonzero voxels is only shifted.
+    """
+    x = volumes.float()
+    flat = x.reshape(x.shape[0], -1)
+    nonzero = flat != 0
+    count = nonzero.sum(dim=1).clamp(min=1)
+    mean = (flat * nonzero).sum(dim=1) / count
+    var = (((flat - mean[:, None]) * nonzero) ** 2).sum(dim=1) / count
+    std = var.sqrt()
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    z = (flat - mean[:, None]) / std[:, None]
+    return torch.where(nonzero, z, torch.zeros_like(z)).reshape(x.shape)
+
+
+@dataclass
+class FeatureExtractor:
+    """A feature network in eval mode with the provenance a report needs.
+
+    label: how reports name the features, e.g. "MedicalNet resnet10 (sha256 0123456789ab…)" or
+    "random-init resnet10 (seed 0): comparable only with itself".
+    """
+
+    model: torch.nn.Module
+    name: str
+    label: str
+    weights_sha256: str | None
+    feature_dim: int
+    device: torch.device
+
+    def extract(self, volumes: torch.Tensor, batch_size: int = 4) -> np.ndarray:
+        """Features [N, feature_dim] (float64) of volumes [N, 1, D, H, W].
+
+        Each volume is z-scored first (medicalnet_normalize), so inputs on [0, 1], [-1, 1] or in HU
+        give features on one footing. Runs in eval mode without gradients, batch_size volumes at a time.
+        """
+        if volumes.ndim != 5 or volumes.shape[1] != 1:
+            raise ValueError(f"expected volumes [N, 1, D, H, W], got shape {tuple(volumes.shape)}")
+        if not torch.isfinite(volumes).all():
+            raise ValueError("volumes contain non-finite values")
+        self.model.eval()
+        out = []
+        with torch.inference_mode():
+            for start in range(0, volumes.shape[0], batch_size):
+                batch = medicalnet_normalize(volumes[start : start + batch_size]).to(self.device)
+                out.append(self.model(batch).cpu().double())
+        if not out:
+            return np.zeros((0, self.feature_dim))
+        return torch.cat(out).numpy()
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """The raw state dict of a MedicalNet checkpoint ({"state_dict": ...}), a state dict or safetensors."""
+    expected = "expected a MedicalNet checkpoint (a torch file holding 'state_dict') or a .safetensors file"
+    if not path.is_file():
+        raise InputError("feature-network weights not found (no such file)", path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(path, device="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing or loading
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError(
+            "refused to load feature-network weights: the file asks to build objects other than tensors "
+            "(it could run code when unpickled), so it was not unpickled",
+            path,
+        ) from None
+    except EOFError:
+        raise InputError(
+            f"cannot read feature-network weights: the file is empty or truncated; {expected}", path
+        ) from None
+    except Exception as e:  # corrupt zip, not a pickle at all, bad safetensors header, ...
+        detail = str(e).strip().splitlines()[0].split(". ")[0][:160] if str(e).strip() else ""
+        reason = f"{type(e).__name__}: {detail}" if detail else type(e).__name__
+        raise InputError(
+            f"cannot read feature-network weights, not a readable checkpoint ({reason}); {expected}", path
+        ) from None
+
+    if isinstance(obj, dict) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputError(f"no tensor state dict in the file; {expected}", path)
+    return obj
+
+
+def load_medicalnet_weights(model: torch.nn.Module, path: str | Path) -> str:
+    """Load MedicalNet-format weights into ``model``; return the file's sha256.
+
+    Keys lose a leading ``module.`` (DataParallel), the segmentation head ``conv_seg.*`` is dropped,
+    and the rest must match the model exactly: missing or unexpected keys and shape mismatches are
+    InputErrors naming the file and the first offending keys. BatchNorm ``num_batches_tracked``
+    counters may be absent (older PyTorch); they do not affect eval-mode features.
+    """
+    path = Path(path)
+    raw = _read_weights_file(path)
+    state = {}
+    for key, value in raw.items():
+        key = key.removeprefix("module.")
+        if not key.startswith("conv_seg."):
+            state[key] = value
+
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    problems = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+        if keys:
+            more = f" and {len(keys) - _SHOWN_KEYS} more" if len(keys) > _SHOWN_KEYS else ""
+            problems.append(f"{what}: {', '.join(keys[:_SHOWN_KEYS])}{more}")
+    if problems:
+        raise InputError(
+            f"weights do not fit this feature network ({'; '.join(problems)}); "
+            "check that --features names the checkpoint's depth",
+            path,
+        )
+    for key in own:
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = own[key]
+    model.load_state_dict(state, strict=True)
+    return sha256_of(path)
+
+
+def build_feature_extractor(
+    name: FeatureNetName = "resnet10",
+    weights: str | Path | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> FeatureExtractor:
+    """A MedicalNet-style 3D ResNet feature extractor, from ``weights`` or randomly initialised.
+
+    Random initialisation runs under ``torch.random.fork_rng`` seeded with ``seed`` on the CPU, so
+    the same seed gives the same weights on every machine and the caller's RNG state is untouched.
+    With ``weights`` (a MedicalNet ``.pth``/``.pt`` checkpoint or ``.safetensors``), see
+    load_medicalnet_weights; ``seed`` is then irrelevant.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_resnet(name)
+    if weights is None:
+        sha, label = None, f"random-init {name} (seed {seed}): comparable only with itself"
+    else:
+        sha = load_medicalnet_weights(model, weights)
+        label = f"MedicalNet {name} (sha256 {sha[:12]}…)"
+    device = torch.device(device)
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return FeatureExtractor(
+        model=model,
+        name=name,
+        label=label,
+        weights_sha256=sha,
+        feature_dim=ARCHITECTURES[name].feature_dim,
+        device=device,
+    )
