@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, PositiveFloat, ValidationError, field_validator, model_validator
 
 from medddpm.errors import InputError
 
@@ -126,6 +126,8 @@ class DiffusionConfig(Section):
 class TrainConfig(Section):
     max_steps: int = 20000
     """Optimizer steps; a small cohort at 64³ shows anatomy after ~10k."""
+    max_minutes: PositiveFloat | None = None
+    """Also stop after this many minutes of training steps in one call, with a checkpoint; None: no limit."""
     batch_size: int = 2
     """Volumes per step per process; 3D volumes are large, accumulate for bigger batches."""
     grad_accum: int = 1

@@ -5,7 +5,7 @@
 3. Data: discover, preflight every file, record dataset.json, preprocess once into a cache.
 4. Model, EMA (torch AveragedModel), AdamW, warm-up + cosine LR, grad scaler for fp16.
 5. Loop: accumulate micro-batches, clip, step, update EMA; skip non-finite steps; log, checkpoint,
-   preview. Ctrl-C writes a checkpoint and returns.
+   preview. Ctrl-C, or reaching ``train.max_minutes``, writes a checkpoint and returns.
 
 Every random draw of step s comes from a generator seeded by (seed, s, micro-batch, rank), and
 the batch order from (seed, epoch): resuming from step s reproduces exactly what an uninterrupted
@@ -383,8 +383,9 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
+            out_of_time = _out_of_time(tc.max_minutes, time.perf_counter() - t0, dist, device)
 
-            if step % tc.log_every == 0 or step == tc.max_steps:
+            if step % tc.log_every == 0 or step == tc.max_steps or out_of_time:
                 if dist.enabled:
                     t = torch.tensor([loss_sum], device=device)
                     torch.distributed.all_reduce(t)
@@ -415,11 +416,15 @@ def train(
                         time.perf_counter() - t0,
                     )
                 )
-            if step % tc.checkpoint_every == 0 or step == tc.max_steps:
+            if step % tc.checkpoint_every == 0 or step == tc.max_steps or out_of_time:
                 last_checkpoint = checkpoint_now() or last_checkpoint
-            if tc.preview_every and (step % tc.preview_every == 0 or step == tc.max_steps) and dist.is_main:
+            last = step == tc.max_steps or out_of_time
+            if tc.preview_every and (step % tc.preview_every == 0 or last) and dist.is_main:
                 write_preview(ema.module, schedule, cfg, step, run_dir, spacing, device, precision)
                 model.train()
+            if out_of_time:
+                log(f"Stopped at step {step}: train.max_minutes={tc.max_minutes:g} reached")
+                break
     except KeyboardInterrupt:
         last_checkpoint = checkpoint_now() or last_checkpoint
         log(
@@ -431,6 +436,16 @@ def train(
         if writer is not None:
             writer.close()
     return TrainResult(run_dir, step, last_checkpoint)
+
+
+def _out_of_time(max_minutes: float | None, seconds: float, dist: Distributed, device: torch.device) -> bool:
+    """Whether the time budget is spent; under torchrun rank 0's clock decides for every rank."""
+    if max_minutes is None:
+        return False
+    spent = torch.tensor([float(seconds >= max_minutes * 60)], device=device)
+    if dist.enabled:
+        torch.distributed.broadcast(spent, src=0)
+    return bool(spent.item())
 
 
 def _tensorboard(run_dir: Path):
