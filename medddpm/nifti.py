@@ -71,12 +71,26 @@ def read_scan(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray, ScanInfo]:
     Returns the image, its voxels as float32 [X, Y, Z] in file order, and a summary. Raises
     InputError naming the file and the reason: unreadable or truncated, not 3D, a zero-size
     dimension, non-finite voxels, a sheared affine, or a constant (empty) volume.
+
+    Intensity scaling (scl_slope, scl_inter) is applied as nibabel and MONAI apply it, so preflight
+    sees the voxels training will see. A scl_slope of 0 means "no scaling" in the NIfTI-1 standard,
+    and nibabel writes NaN there for unscaled data: both leave the stored values as they are. An
+    infinite scl_slope, or a valid one with a non-finite scl_inter, is an error, and so is a scaling
+    that turns finite stored values into non-finite voxels.
     """
     path = Path(path)
     try:
         img = nib.load(str(path))
     except FileNotFoundError:
         raise InputError("no such file", path) from None
+    except nib.spatialimages.HeaderDataError as e:
+        if "intercept" in str(e):  # nibabel: a valid scl_slope with a NaN or infinite scl_inter
+            raise InputError(
+                f"scl_inter is not finite while scl_slope is set, so every voxel would be non-finite "
+                f"({_reason(e)})",
+                path,
+            ) from None
+        raise InputError(f"not a readable NIfTI file ({_reason(e)})", path) from None
     except Exception as e:  # nibabel raises many types for bad headers
         raise InputError(f"not a readable NIfTI file ({_reason(e)})", path) from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
@@ -90,6 +104,9 @@ def read_scan(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray, ScanInfo]:
     if min(shape) == 0:
         raise InputError(f"zero-size dimension in shape {shape}", path)
     notes = []
+    raw_slope = _raw_scl_slope(img, path)
+    if np.isinf(raw_slope):  # nibabel would ignore it; applied, it would make every voxel infinite
+        raise InputError(f"scl_slope is {raw_slope:g}: scaling would make every voxel non-finite", path)
     if _is_sheared(img.affine):
         raise InputError("sheared affine: voxel axes are not orthogonal, cannot reorient to RAS", path)
     qform, qcode = img.get_qform(coded=True)
@@ -105,6 +122,13 @@ def read_scan(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray, ScanInfo]:
     finite = np.isfinite(data)
     if not finite.all():
         bad = int(data.size - finite.sum())
+        slope, inter = float(img.dataobj.slope), float(img.dataobj.inter)
+        if (slope, inter) != (1.0, 0.0) and np.isfinite(np.asarray(img.dataobj.get_unscaled())).all():
+            raise InputError(
+                f"{bad} voxels are NaN or infinite after scaling by scl_slope={slope:g}, "
+                f"scl_inter={inter:g} (the stored values are finite: the header's scaling is wrong)",
+                path,
+            )
         raise InputError(f"{bad} voxels are NaN or infinite", path)
     lo, hi = float(data.min()), float(data.max())
     if lo == hi:
@@ -120,6 +144,13 @@ def read_scan(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray, ScanInfo]:
         warnings=notes,
     )
     return img, data, info
+
+
+def _raw_scl_slope(img: nib.Nifti1Image, path: Path) -> float:
+    """scl_slope as stored in the file (nibabel resets the loaded header's scaling fields)."""
+    with nib.openers.ImageOpener(str(path)) as f:
+        raw = img.header_class.from_fileobj(f, check=False)
+    return float(raw["scl_slope"])
 
 
 def _reason(e: BaseException) -> str:
