@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import platform
@@ -83,6 +84,40 @@ class Distributed:
         if self.enabled:
             torch.distributed.barrier()
 
+    def agree(self, error: Exception | None, **facts: object) -> None:
+        """Collective: if any process failed its checks, raise a failure on every process.
+
+        Checks that come before collective work (run folder, resume checkpoint, preflight) run on
+        every process and meet here, so no process is left waiting in a barrier for one that gave
+        up. A process raises its own error, or else the first failing process's message; errors on
+        processes other than 0 are marked ``reported_by_rank_0`` so the CLI prints the line once.
+        ``facts`` (the step to resume from, say) must be equal on every process.
+        """
+        if not self.enabled:
+            if error is not None:
+                raise error
+            return
+        gathered: list = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, (None if error is None else str(error), facts))
+        failed = [(rank, message) for rank, (message, _) in enumerate(gathered) if message is not None]
+        if failed:
+            if error is None:
+                rank, message = failed[0]
+                error = InputError(message if rank == 0 else f"{message} (on process {rank})")
+            if not self.is_main:
+                error.reported_by_rank_0 = True
+            raise error
+        differing = [(rank, f) for rank, (_, f) in enumerate(gathered) if f != gathered[0][1]]
+        if differing:
+            rank, seen = differing[0]
+            error = InputError(
+                f"process 0 sees {gathered[0][1]} but process {rank} sees {seen}: every process must "
+                "see the same run folder (on multiple nodes, put it on a file system they all share)"
+            )
+            if not self.is_main:
+                error.reported_by_rank_0 = True
+            raise error
+
 
 def init_distributed(device: torch.device) -> Distributed:
     """Join the process group torchrun set up (nccl on CUDA, gloo on CPU); a no-op otherwise."""
@@ -94,6 +129,7 @@ def init_distributed(device: torch.device) -> Distributed:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         torch.distributed.init_process_group(backend=backend)
+        atexit.register(shutdown_distributed)  # whoever opened the group closes it, on every exit path
     return Distributed(
         rank=torch.distributed.get_rank(),
         world_size=torch.distributed.get_world_size(),
@@ -102,6 +138,7 @@ def init_distributed(device: torch.device) -> Distributed:
 
 
 def shutdown_distributed() -> None:
+    """Leave the process group (a no-op outside torchrun); runs at exit once init_distributed joined one."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

@@ -7,9 +7,12 @@
 5. Loop: accumulate micro-batches, clip, step, update EMA; skip non-finite steps; log, checkpoint,
    preview. Ctrl-C, or reaching ``train.max_minutes``, writes a checkpoint and returns.
 
-Every random draw of step s comes from a generator seeded by (seed, s, micro-batch, rank), and
-the batch order from (seed, epoch): resuming from step s reproduces exactly what an uninterrupted
-run would have done, with any number of processes.
+Training reads one endless stream of samples: epoch e is a permutation of the scans seeded by
+(seed, e), and the sample at stream position p gets its timestep and noise from a generator seeded
+by (seed, p). Each optimizer step takes the next batch_size x grad_accum x processes positions, and
+process r takes its own disjoint slice. So resuming reproduces exactly what an uninterrupted run
+would have done, and K processes x batch B compute the same step as one process x batch K*B (up to
+float rounding: DDP averages the K half-batch gradients).
 """
 
 from __future__ import annotations
@@ -101,7 +104,10 @@ def batch_indices(position: int, batch_size: int, n: int, seed: int) -> list[int
     """Items ``position .. position+batch_size-1`` of an endless stream of per-epoch permutations.
 
     Epoch e is ``randperm(n)`` seeded by (seed, e): a pure function of the position, so a
-    resumed run (or another rank, at another position) needs no sampler state.
+    resumed run (or another rank, at another position) needs no sampler state. This replaces
+    torch's DistributedSampler, which needs ``set_epoch``, cannot restart mid-epoch, and pads each
+    rank's share with repeated items; here every epoch's items are used exactly once, whatever the
+    number of processes, and a checkpoint only has to record how many samples were consumed.
     """
     out = []
     for p in range(position, position + batch_size):
@@ -116,11 +122,12 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-def step_generator(seed: int, step: int, micro: int, rank: int, device: torch.device) -> torch.Generator:
-    """The generator for the timesteps and noise of one micro-batch on one rank."""
-    g = torch.Generator(device=device)
-    g.manual_seed((((seed * 1_000_003 + step) * 64 + micro) * 4096 + rank) % 2**63)
-    return g
+def sample_generators(seed: int, position: int, count: int, device: torch.device) -> list[torch.Generator]:
+    """One generator per stream position ``position .. position+count-1``: a sample's t and noise."""
+    return [
+        torch.Generator(device=device).manual_seed(((seed + 1) * 2**40 + p) % 2**63)
+        for p in range(position, position + count)
+    ]
 
 
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -252,26 +259,35 @@ def train(
     if not dist.is_main:
         log = _no_log
 
-    # 2. Run folder ----------------------------------------------------------------------------
-    check_run_dir(run_dir, resume, overwrite)
-    checkpoints = list_checkpoints(run_dir) if resume else []
-    start = open_checkpoint(checkpoints[-1][1]) if checkpoints else None
+    # 2-3. Checks, on every process; dist.agree makes them all stop if any one fails, before
+    # process 0 writes anything (no process waits in a barrier for one that gave up).
+    failure: InputError | None = None
+    start = None
+    try:
+        # 2. Run folder ------------------------------------------------------------------------
+        check_run_dir(run_dir, resume, overwrite)
+        checkpoints = list_checkpoints(run_dir) if resume else []
+        start = open_checkpoint(checkpoints[-1][1]) if checkpoints else None
+        if start is not None:
+            check_resume_config(cfg, start.config, start.path)
+
+        # 3. Data ------------------------------------------------------------------------------
+        files = discover_scans(data_dir)
+        checked = preflight(files)
+        if checked.skipped and not skip_invalid:
+            raise InputError(checked.error_report())
+        if not checked.valid:
+            raise InputError("no usable scans after preflight", data_dir)
+        spacing = output_spacing(cfg.data, checked.valid)
+    except InputError as e:
+        failure = e
+    dist.agree(failure, resume_from_step=None if start is None else start.step)
     if start is not None:
-        check_resume_config(cfg, start.config, start.path)
         log(f"Resuming from {start.path} (step {start.step})")
     elif resume:
         log(f"No complete checkpoint in {run_dir}: starting from step 0")
-
-    # 3. Data ----------------------------------------------------------------------------------
-    files = discover_scans(data_dir)
-    checked = preflight(files)
-    if checked.skipped and not skip_invalid:
-        raise InputError(checked.error_report())
-    if not checked.valid:
-        raise InputError("no usable scans after preflight", data_dir)
     for bad in checked.skipped:
         log(f"[yellow]skipping[/] {bad['path']}: {bad['reason']}")
-    spacing = output_spacing(cfg.data, checked.valid)
     if dist.is_main:
         prepare_run_dir(run_dir, resume, overwrite)
         save_config(cfg, run_dir / "config.yaml")
@@ -294,6 +310,8 @@ def train(
     schedule = NoiseSchedule.from_config(cfg.diffusion)
     step = 0
     nonfinite_total = 0
+    effective = tc.batch_size * tc.grad_accum * dist.world_size
+    samples_seen = 0  # stream positions consumed by all processes together
     if start is not None:
         load_weights(model, start.weights(ema=False), start.path / "model.safetensors")
         load_weights(ema.module, start.weights(ema=True), start.path / "ema.safetensors")
@@ -304,6 +322,9 @@ def train(
         ema.n_averaged.copy_(state["ema_n_averaged"])
         set_rng_state(state["rng"])
         step, nonfinite_total = int(state["step"]), int(state["skipped_nonfinite"])
+        # Stream position: recorded, so that a run resumed with another number of processes (or
+        # batch size) goes on where it stopped; older checkpoints imply it from the step.
+        samples_seen = int(state.get("samples_seen", step * effective))
     network: torch.nn.Module = model
     if dist.enabled:
         network = torch.nn.parallel.DistributedDataParallel(
@@ -312,7 +333,6 @@ def train(
     if tc.compile:
         network = torch.compile(network)
 
-    effective = tc.batch_size * tc.grad_accum * dist.world_size
     log(
         f"{n} scans, {count_parameters(model) / 1e6:.2f}M parameters, {device.type} {precision}, "
         f"effective batch {effective} ({tc.batch_size} x {tc.grad_accum} accumulation x {dist.world_size} "
@@ -334,6 +354,7 @@ def train(
                     "scaler": scaler.state_dict(),
                     "ema_n_averaged": ema.n_averaged.detach().cpu(),
                     "skipped_nonfinite": nonfinite_total,
+                    "samples_seen": samples_seen,
                     "rng": rng_state(),
                 },
                 {"config": cfg.to_dict(), "output_spacing": list(spacing), "versions": library_versions()},
@@ -353,10 +374,10 @@ def train(
         while step < tc.max_steps:
             loss_sum = 0.0
             for micro in range(tc.grad_accum):
-                position = ((step * tc.grad_accum + micro) * dist.world_size + dist.rank) * tc.batch_size
+                position = samples_seen + (micro * dist.world_size + dist.rank) * tc.batch_size
                 idx = batch_indices(position, tc.batch_size, n, tc.seed)
                 x0 = torch.stack([dataset[i]["image"] for i in idx]).to(device, non_blocking=True)
-                g = step_generator(tc.seed, step, micro, dist.rank, device)
+                g = sample_generators(tc.seed, position, tc.batch_size, device)
                 sync = micro == tc.grad_accum - 1 or not dist.enabled
                 with network.no_sync() if not sync else contextlib.nullcontext():
                     with autocast(precision, device):
@@ -383,6 +404,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
+            samples_seen += effective
             out_of_time = _out_of_time(tc.max_minutes, time.perf_counter() - t0, dist, device)
 
             if step % tc.log_every == 0 or step == tc.max_steps or out_of_time:
