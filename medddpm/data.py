@@ -32,7 +32,7 @@ from monai.transforms import (
 
 from medddpm.config import DataConfig
 from medddpm.errors import InputError
-from medddpm.nifti import ScanInfo, is_nifti, read_scan
+from medddpm.nifti import ScanInfo, atomic_path, is_nifti, read_scan
 
 BACKGROUND = -1.0
 """Model-space value of air / background after intensity mapping; padding uses it too."""
@@ -63,6 +63,14 @@ class Preflight:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
     def error_report(self) -> str:
+        """One line for one unusable scan (path: reason; what to do), else a summary line and one per scan."""
+        n_valid = len(self.valid)
+        if len(self.skipped) == 1:
+            s = self.skipped[0]
+            if not n_valid:
+                return f"{s['path']}: {s['reason']}"
+            rest = f"the other {n_valid} scan{'s' if n_valid != 1 else ''}"
+            return f"{s['path']}: {s['reason']}; fix or remove it, or pass --skip-invalid to train on {rest}"
         lines = [f"{len(self.skipped)} of {len(self.valid) + len(self.skipped)} scans are unusable:"]
         lines += [f"  {s['path']}: {s['reason']}" for s in self.skipped]
         lines.append("Fix or remove them, or pass --skip-invalid to train on the rest.")
@@ -128,7 +136,8 @@ def build_dataset(
     if cfg.cache == "disk":
         if cache_dir is None:
             raise ValueError("data.cache=disk needs a cache folder")
-        return PersistentDataset(items, transforms, cache_dir=cache_dir)
+        # weights_only: a cache file is only ever read back as tensors, never unpickled as objects.
+        return PersistentDataset(items, transforms, cache_dir=cache_dir, weights_only=True)
     return CacheDataset(items, transforms, cache_rate=1.0, num_workers=num_workers, progress=False)
 
 
@@ -193,4 +202,5 @@ def write_dataset_json(
             "output_units": IntensityMapping.from_config(cfg).units,
         },
     }
-    path.write_text(json.dumps(record, indent=2))
+    with atomic_path(path) as tmp:  # a crash never leaves a half-written dataset.json
+        tmp.write_text(json.dumps(record, indent=2))
