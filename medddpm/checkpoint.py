@@ -60,7 +60,10 @@ def save_checkpoint(
     meta: dict[str, Any],
     keep_last: int,
 ) -> Path:
-    """Write ``checkpoints/step-N/`` atomically, then delete all but the ``keep_last`` newest."""
+    """Write ``checkpoints/step-N/`` atomically, then delete all but the ``keep_last`` newest.
+
+    Also removes the hidden temporary folders that an interrupted earlier write left behind.
+    """
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
@@ -84,6 +87,11 @@ def save_checkpoint(
     _fsync(root)
     for _, stale in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(stale, ignore_errors=True)
+    # Leftovers of writes a crash interrupted (never renamed into place, so never complete).
+    for leftover in root.glob(".tmp-step-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in root.glob(".old-step-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
     return final
 
 
