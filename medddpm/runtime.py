@@ -1,12 +1,15 @@
-"""Where and how computation runs: torch version guard, device and precision, seeds, torchrun."""
+"""Where and how computation runs: torch version guard, bf16 conv3d check, device and precision,
+seeds, torchrun."""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import math
 import os
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +27,80 @@ def check_torch_version(version: str = torch.__version__) -> None:
             f"torch {base} is not supported: {BROKEN_TORCH[base]}; "
             "install another release, e.g. pip install 'torch>=2.9.1' or 'torch==2.8.0'"
         )
+
+
+CONV3D_BF16_TOLERANCE = 0.02
+"""Largest relative L2 error ||y_bf16 - y_fp32|| / ||y_fp32|| accepted for one conv3d.
+
+Rounding inputs, weights and output to bf16 (8-bit significand) with fp32 accumulation gives about
+0.002-0.004 on random data; the cuDNN 9.8-9.10 bug (pytorch/pytorch#163539) gives errors of order 1.
+0.02 sits well above rounding and far below the bug."""
+_conv3d_checked: set[tuple[str, tuple[int, ...]]] = set()
+
+
+def conv3d_bf16_error(
+    device: torch.device,
+    shape: tuple[int, ...] = (1, 8, 16, 16, 16),
+    conv: Callable[..., torch.Tensor] = torch.nn.functional.conv3d,
+    seed: int = 0,
+) -> float:
+    """Relative L2 distance between a bf16 and an fp32 3x3x3 conv3d of the same random data.
+
+    ``shape`` is the input [B, C, D, H, W] (C -> C channels, padding 1: a U-Net's full-resolution
+    convolution). Returns inf when the bf16 result is not finite.
+    """
+    g = torch.Generator(device=device).manual_seed(seed)
+    channels = shape[1]
+    x = torch.randn(shape, generator=g, device=device)
+    w = torch.randn((channels, channels, 3, 3, 3), generator=g, device=device) / math.sqrt(27 * channels)
+    with torch.no_grad():
+        reference = conv(x, w, padding=1).float()
+        low = conv(x.bfloat16(), w.bfloat16(), padding=1).float()
+    if not torch.isfinite(low).all():
+        return math.inf
+    distance = torch.linalg.vector_norm(low - reference)
+    return float(distance / torch.linalg.vector_norm(reference).clamp_min(1e-30))
+
+
+def conv3d_bf16_warning(error: float, cudnn_version: int | None) -> str | None:
+    """The warning for a bf16-vs-fp32 conv3d error, or None when it is within CONV3D_BF16_TOLERANCE."""
+    if error <= CONV3D_BF16_TOLERANCE:
+        return None
+    if not cudnn_version:
+        cudnn = "unknown"
+    elif cudnn_version >= 90000:  # cuDNN 9 numbers its releases major*10000 + minor*100 + patch
+        cudnn = f"{cudnn_version // 10000}.{cudnn_version // 100 % 100}"
+    else:  # cuDNN 8 and older: major*1000 + minor*100 + patch
+        cudnn = f"{cudnn_version // 1000}.{cudnn_version // 100 % 10}"
+    return (
+        f"bf16 3D convolutions on this GPU differ from fp32 by {error:.1%} (expected under "
+        f"{CONV3D_BF16_TOLERANCE:.0%}; cuDNN {cudnn}): cuDNN 9.8-9.10 silently miscompute large bf16 "
+        "conv3d (pytorch/pytorch#163539). Results may be wrong: use --precision fp32, or a torch "
+        "build with another cuDNN release"
+    )
+
+
+def check_conv3d_bf16(device: torch.device, precision: str, shape: tuple[int, ...]) -> str | None:
+    """Once per process, device and shape: on CUDA in bf16, compare a bf16 conv3d of ``shape`` with
+    fp32 and return a warning when they disagree (None otherwise, and always on CPU or in fp32/fp16).
+
+    Train and sample call it with the model's full-resolution activation, since the cuDNN bug
+    depends on the tensor size. Out of GPU memory for the check, it is skipped.
+    """
+    if device.type != "cuda" or precision != "bf16":
+        return None
+    key = (str(device), tuple(shape))
+    if key in _conv3d_checked:
+        return None
+    _conv3d_checked.add(key)
+    try:
+        error = conv3d_bf16_error(device, tuple(shape))
+    except torch.cuda.OutOfMemoryError:
+        return None
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return conv3d_bf16_warning(error, torch.backends.cudnn.version())
 
 
 def resolve_device(name: str = "auto") -> torch.device:
