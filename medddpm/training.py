@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from medddpm.checkpoint import list_checkpoints, load_weights, open_checkpoint, save_checkpoint
+from medddpm.checkpoint import Checkpoint, list_checkpoints, load_weights, open_checkpoint, save_checkpoint
 from medddpm.config import Config, save_config
 from medddpm.data import (
     build_dataset,
@@ -46,6 +46,7 @@ from medddpm.errors import InputError, TrainingAborted
 from medddpm.runtime import (
     Distributed,
     autocast,
+    check_conv3d_bf16,
     check_torch_version,
     init_distributed,
     library_versions,
@@ -145,20 +146,51 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     existing = run_dir
     while not existing.exists():
         existing = existing.parent
+    if not existing.is_dir():
+        raise InputError("is a file, so the output folder cannot be created inside it", existing)
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError("no permission to write here", existing)
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Create the run folder; with --overwrite (and no --resume) remove the previous run's own files."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if overwrite and not resume:
-        for name in RUN_FILES:
-            target = run_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite and not resume:
+            for name in RUN_FILES:
+                target = run_dir / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+    except OSError as e:  # a read-only file system, say, which os.access does not always tell
+        raise InputError(f"cannot write the run folder ({e.strerror or e})", e.filename or run_dir) from None
+
+
+RESUME_STATE_KEYS = ("step", "optimizer", "scheduler", "scaler", "ema_n_averaged", "skipped_nonfinite", "rng")
+
+
+def read_resume_state(start: Checkpoint, cfg: Config) -> tuple[dict, dict, dict]:
+    """Read and check every file of the checkpoint to resume from, before the run folder is touched.
+
+    Returns (model weights, EMA weights, training state). Raises InputError naming the file for
+    weights that are corrupt or do not fit the model config, and for a training state that is
+    corrupt, incomplete, or holds anything but tensors and plain types (weights_only=True).
+    """
+    import warnings
+
+    with torch.device("meta"), warnings.catch_warnings():  # shapes only: no memory for a second model
+        warnings.simplefilter("ignore")
+        shapes = build_unet(cfg.model)
+        weights = start.weights(ema=False)
+        load_weights(shapes, weights, start.path / "model.safetensors")
+        ema_weights = start.weights(ema=True)
+        load_weights(shapes, ema_weights, start.path / "ema.safetensors")
+    state = start.training_state()
+    missing = [k for k in RESUME_STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise InputError(f"training state lacks {', '.join(missing)}", start.path / "training_state.pt")
+    return weights, ema_weights, state
 
 
 def check_resume_config(cfg: Config, saved: Config, source: Path) -> None:
@@ -182,7 +214,7 @@ class MetricsLog:
         rows = []
         if resume_step is not None and path.exists():
             with path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+                rows = [r for r in csv.DictReader(f) if _row_step(r) <= resume_step]
         with path.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=METRICS_FIELDS)
             writer.writeheader()
@@ -200,6 +232,14 @@ class MetricsLog:
                     f"{log.seconds:.2f}",
                 ]
             )
+
+
+def _row_step(row: dict) -> float:
+    """The step of a metrics.csv row; inf (dropped) for a row a crash cut short."""
+    try:
+        return int(row["step"]) if all(row.get(k) not in (None, "") for k in METRICS_FIELDS) else math.inf
+    except ValueError:
+        return math.inf
 
 
 def rng_state() -> dict:
@@ -270,6 +310,7 @@ def train(
         start = open_checkpoint(checkpoints[-1][1]) if checkpoints else None
         if start is not None:
             check_resume_config(cfg, start.config, start.path)
+            resume_state = read_resume_state(start, cfg)
 
         # 3. Data ------------------------------------------------------------------------------
         files = discover_scans(data_dir)
@@ -288,6 +329,9 @@ def train(
         log(f"No complete checkpoint in {run_dir}: starting from step 0")
     for bad in checked.skipped:
         log(f"[yellow]skipping[/] {bad['path']}: {bad['reason']}")
+    for scan in checked.valid:  # kept in dataset.json too (files[].warnings)
+        for warning in scan.warnings:
+            log(f"[yellow]warning:[/] {scan.path}: {warning}")
     if dist.is_main:
         prepare_run_dir(run_dir, resume, overwrite)
         save_config(cfg, run_dir / "config.yaml")
@@ -299,6 +343,10 @@ def train(
     n = len(dataset)
 
     # 4. Model, EMA, optimiser -----------------------------------------------------------------
+    # bf16 on CUDA: one conv3d at the model's full-resolution size against fp32 (a cuDNN bug).
+    bf16_warning = check_conv3d_bf16(device, precision, (1, cfg.model.channels[0], *cfg.data.image_size))
+    if bf16_warning:
+        log(f"[yellow]warning:[/] {bf16_warning}")
     seed_everything(tc.seed)
     model = build_unet(cfg.model).to(device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
@@ -313,9 +361,10 @@ def train(
     effective = tc.batch_size * tc.grad_accum * dist.world_size
     samples_seen = 0  # stream positions consumed by all processes together
     if start is not None:
-        load_weights(model, start.weights(ema=False), start.path / "model.safetensors")
-        load_weights(ema.module, start.weights(ema=True), start.path / "ema.safetensors")
-        state = start.training_state()
+        weights, ema_weights, state = resume_state
+        load_weights(model, weights, start.path / "model.safetensors")
+        load_weights(ema.module, ema_weights, start.path / "ema.safetensors")
+        del resume_state, weights, ema_weights
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
