@@ -142,6 +142,105 @@ def _training_progress():
 
 
 @app.command()
+def sample(
+    run_dir: Annotated[
+        Path, typer.Argument(help="Run folder (its latest checkpoint), or a checkpoint folder (step-N).")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the samples into.")],
+    num: Annotated[int, typer.Option("--num", "-n", help="Number of volumes to write.")],
+    sampler: Annotated[
+        str | None,
+        typer.Option("--sampler", help="ddpm, ddim or dpm++ (default: the checkpoint's sample.sampler)."),
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="Network evaluations per volume (default: sample.steps).")
+    ] = None,
+    eta: Annotated[
+        float | None,
+        typer.Option(
+            "--eta", help="Sampler noise (default: sample.eta, else the sampler's own: ddpm 1, ddim/dpm++ 0)."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Sample i is drawn from seed + i.")] = 0,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", help="Volumes denoised at once (default: sample.batch_size).")
+    ] = None,
+    checkpoint: Annotated[
+        str, typer.Option("--checkpoint", help="latest, step-N, or a checkpoint folder.")
+    ] = "latest",
+    no_ema: Annotated[
+        bool, typer.Option("--no-ema", help="Use the raw weights instead of the EMA weights.")
+    ] = False,
+    precision: Annotated[
+        str, typer.Option("--precision", help="auto (bf16 on CUDA, else fp32), fp32, bf16 or fp16.")
+    ] = "auto",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="nii.gz, nii, nrrd or mha. CT is written in HU (int16), MRI on [0,1]."),
+    ] = "nii.gz",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the samples of another sampling run in OUTPUT.")
+    ] = False,
+) -> None:
+    """Sample synthetic volumes from a trained checkpoint into NIfTI (or NRRD / MHA) files.
+
+    Writes sample_0000.nii.gz ... (RAS, training voxel size), manifest.json and preview.png.
+    Re-running the same command finishes an interrupted run. Under torchrun each process writes its
+    share (write -n N there: torchrun's own parser mistakes --num for its --numa-binding).
+    """
+    from medddpm.sample import sample_to_folder
+
+    with _sampling_progress() as (on_volumes, on_step):
+        sample_to_folder(
+            run_dir, output, num, checkpoint=checkpoint, sampler=sampler, steps=steps, eta=eta, seed=seed,
+            batch_size=batch_size, ema=not no_ema, precision=precision, device=device, fmt=fmt,
+            overwrite=overwrite, log=console.print, on_volumes=on_volumes, on_step=on_step,
+        )
+
+
+def _sampling_progress():
+    """Two rich progress bars fed by sampling's callbacks: volumes written, steps of the current batch.
+
+    The bars appear with the first callback, so an error found while checking the input stays one line.
+    """
+    import contextlib
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    @contextlib.contextmanager
+    def context():
+        progress = Progress(
+            TextColumn("[bold]{task.description:>7}"), BarColumn(), MofNCompleteColumn(),
+            TimeRemainingColumn(), console=console, transient=False,
+        )
+        volumes = progress.add_task("volumes", total=None)
+        steps = progress.add_task("steps", total=None)
+        started = False
+
+        def on_volumes(done: int, total: int) -> None:
+            nonlocal started
+            if not started:
+                progress.start()
+                started = True
+            progress.update(volumes, completed=done, total=total)
+
+        def on_step(i: int, total: int) -> None:
+            if i == 1:
+                progress.reset(steps, total=total)
+            progress.update(steps, completed=i, total=total)
+
+        try:
+            yield on_volumes, on_step
+        finally:
+            if started:
+                progress.stop()
+
+    return context()
+
+
+@app.command()
 def info(path: Annotated[Path, typer.Argument(help="A NIfTI file, or a folder of them.")]) -> None:
     """Shape, spacing, orientation, data type and intensity range of a scan or of every scan in a folder."""
     from rich.table import Table
