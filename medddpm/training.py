@@ -25,7 +25,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from medddpm.checkpoint import Checkpoint, list_checkpoints, load_weights, open_checkpoint, save_checkpoint
-from medddpm.config import Config, save_config
+from medddpm.config import Config, TrainConfig, save_config
 from medddpm.data import (
     build_dataset,
     discover_scans,
@@ -129,6 +129,59 @@ def sample_generators(seed: int, position: int, count: int, device: torch.device
         torch.Generator(device=device).manual_seed(((seed + 1) * 2**40 + p) % 2**63)
         for p in range(position, position + count)
     ]
+
+
+@dataclass
+class Learner:
+    """What an optimizer step changes. ``network`` is ``model`` as the forward pass runs it
+    (compiled and/or wrapped in DistributedDataParallel); ``model`` owns the weights."""
+
+    model: torch.nn.Module
+    network: torch.nn.Module
+    ema: AveragedModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+
+def train_step(
+    learner: Learner,
+    schedule: NoiseSchedule,
+    dataset: Sequence[dict],
+    samples_seen: int,
+    tc: TrainConfig,
+    dist: Distributed,
+    device: torch.device,
+    precision: str,
+) -> tuple[float, float]:
+    """One optimizer step from stream position ``samples_seen``: ``grad_accum`` micro-batches
+    (batch assembly from the cache, loss, backward), unscale, clip, AdamW, EMA, LR schedule.
+
+    Returns this process's (loss, grad_norm). When either is not finite the update is skipped
+    (weights, EMA and AdamW moments untouched); the caller counts such steps.
+    """
+    loss_sum = 0.0
+    for micro in range(tc.grad_accum):
+        position = samples_seen + (micro * dist.world_size + dist.rank) * tc.batch_size
+        idx = batch_indices(position, tc.batch_size, len(dataset), tc.seed)
+        x0 = torch.stack([dataset[i]["image"] for i in idx]).to(device, non_blocking=True)
+        g = sample_generators(tc.seed, position, tc.batch_size, device)
+        sync = micro == tc.grad_accum - 1 or not dist.enabled
+        with learner.network.no_sync() if not sync else contextlib.nullcontext():
+            with autocast(precision, device):
+                loss = diffusion_loss(learner.network, schedule, x0, generator=g) / tc.grad_accum
+            learner.scaler.scale(loss).backward()
+        loss_sum += float(loss.detach())
+    learner.scaler.unscale_(learner.optimizer)
+    max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(learner.model.parameters(), max_norm))
+    if math.isfinite(grad_norm) and math.isfinite(loss_sum):
+        learner.scaler.step(learner.optimizer)
+        learner.ema.update_parameters(learner.model)
+    learner.scaler.update()
+    learner.optimizer.zero_grad(set_to_none=True)
+    learner.scheduler.step()
+    return loss_sum, grad_norm
 
 
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -381,6 +434,7 @@ def train(
         )
     if tc.compile:
         network = torch.compile(network)
+    learner = Learner(model, network, ema, optimizer, scheduler, scaler)
 
     log(
         f"{n} scans, {count_parameters(model) / 1e6:.2f}M parameters, {device.type} {precision}, "
@@ -421,25 +475,11 @@ def train(
     model.train()
     try:
         while step < tc.max_steps:
-            loss_sum = 0.0
-            for micro in range(tc.grad_accum):
-                position = samples_seen + (micro * dist.world_size + dist.rank) * tc.batch_size
-                idx = batch_indices(position, tc.batch_size, n, tc.seed)
-                x0 = torch.stack([dataset[i]["image"] for i in idx]).to(device, non_blocking=True)
-                g = sample_generators(tc.seed, position, tc.batch_size, device)
-                sync = micro == tc.grad_accum - 1 or not dist.enabled
-                with network.no_sync() if not sync else contextlib.nullcontext():
-                    with autocast(precision, device):
-                        loss = diffusion_loss(network, schedule, x0, generator=g) / tc.grad_accum
-                    scaler.scale(loss).backward()
-                loss_sum += float(loss.detach())
-            scaler.unscale_(optimizer)
-            max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+            loss_sum, grad_norm = train_step(
+                learner, schedule, dataset, samples_seen, tc, dist, device, precision
+            )
             if math.isfinite(grad_norm) and math.isfinite(loss_sum):
-                scaler.step(optimizer)
                 consecutive_nonfinite = 0
-                ema.update_parameters(model)
             else:
                 nonfinite_total += 1
                 consecutive_nonfinite += 1
@@ -449,9 +489,6 @@ def train(
                         f"(last at step {step + 1}); try --precision fp32 or a lower train.lr "
                         f"(now {tc.lr:g}), then --resume"
                     )
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
             step += 1
             samples_seen += effective
             out_of_time = _out_of_time(tc.max_minutes, time.perf_counter() - t0, dist, device)
