@@ -144,6 +144,28 @@ class Learner:
     scaler: torch.amp.GradScaler
 
 
+def build_learner(cfg: Config, device: torch.device, precision: str, dist: Distributed) -> Learner:
+    """The U-Net on ``device`` with its EMA copy, AdamW, warm-up + cosine LR and grad scaler (fp16
+    only), and the network the forward pass runs: wrapped in DDP under torchrun, compiled with
+    ``train.compile``. Draws the initial weights from torch's global generator."""
+    tc = cfg.train
+    model = build_unet(cfg.model).to(device)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    network: torch.nn.Module = model
+    if dist.enabled:
+        network = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if tc.compile:
+        network = torch.compile(network)
+    return Learner(model, network, ema, optimizer, scheduler, scaler)
+
+
 def train_step(
     learner: Learner,
     schedule: NoiseSchedule,
@@ -401,13 +423,14 @@ def train(
     if bf16_warning:
         log(f"[yellow]warning:[/] {bf16_warning}")
     seed_everything(tc.seed)
-    model = build_unet(cfg.model).to(device)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)
+    learner = build_learner(cfg, device, precision, dist)
+    model, ema, optimizer, scheduler, scaler = (
+        learner.model,
+        learner.ema,
+        learner.optimizer,
+        learner.scheduler,
+        learner.scaler,
     )
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     schedule = NoiseSchedule.from_config(cfg.diffusion)
     step = 0
     nonfinite_total = 0
@@ -427,14 +450,6 @@ def train(
         # Stream position: recorded, so that a run resumed with another number of processes (or
         # batch size) goes on where it stopped; older checkpoints imply it from the step.
         samples_seen = int(state.get("samples_seen", step * effective))
-    network: torch.nn.Module = model
-    if dist.enabled:
-        network = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if tc.compile:
-        network = torch.compile(network)
-    learner = Learner(model, network, ema, optimizer, scheduler, scaler)
 
     log(
         f"{n} scans, {count_parameters(model) / 1e6:.2f}M parameters, {device.type} {precision}, "
