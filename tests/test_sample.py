@@ -19,7 +19,7 @@ import SimpleITK as sitk
 import torch
 
 from medddpm.cli import main
-from medddpm.sample import read_output, sample_name, shard
+from medddpm.sample import find_checkpoint, read_output, sample_name, shard
 
 SPACING = (2.0, 2.5, 3.0)  # anisotropic, so a swapped or dropped voxel size shows
 A_MIN, A_MAX = -500.0, 700.0  # an asymmetric HU window, so a wrong inverse mapping shows
@@ -192,13 +192,18 @@ def test_another_recipe_is_refused_then_overwritten(run: Path, first: Path, tmp_
     assert json.loads((out / "manifest.json").read_text())["sampler"] == "ddim"
 
 
-def test_mri_checkpoint_writes_unit_scale_float_mha(checkpoint_copy: Path, tmp_path: Path, capsys):
+def test_mri_checkpoint_writes_unit_scale_float_mha_with_raw_weights(
+    checkpoint_copy: Path, tmp_path: Path, capsys
+):
     meta = json.loads((checkpoint_copy / "meta.json").read_text())
     meta["config"]["data"]["modality"] = "mri"
     (checkpoint_copy / "meta.json").write_text(json.dumps(meta))
     out = tmp_path / "mri"
-    code, err = cli(capsys, checkpoint_copy, "--output", out, "--num", "1", "--format", "mha", *FAST)
+    code, err = cli(
+        capsys, checkpoint_copy, "--output", out, "--num", "1", "--format", "mha", "--no-ema", *FAST
+    )
     assert code == 0, err
+    assert json.loads((out / "manifest.json").read_text())["checkpoint"]["weights"] == "model.safetensors"
     image = sitk.ReadImage(str(out / "sample_0000.mha"))
     data = sitk.GetArrayFromImage(image)
     assert data.dtype == np.float32 and data.shape == (16, 16, 16)
@@ -276,3 +281,12 @@ def test_foreign_folder_is_refused(run: Path, tmp_path: Path, capsys):
 def test_processes_share_samples_by_index():
     shares = [shard(list(range(10)), rank, 3) for rank in range(3)]
     assert shares == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+
+
+def test_checkpoint_is_found_from_a_run_or_a_checkpoint_folder(run: Path):
+    step = run / "checkpoints" / "step-00000002"
+    assert find_checkpoint(run) == step
+    assert find_checkpoint(run, "step-2") == step
+    assert find_checkpoint(step) == step
+    assert find_checkpoint(step, "step-2") == step
+    assert find_checkpoint(run, str(step)) == step
