@@ -47,6 +47,7 @@ from medddpm.errors import InputError
 from medddpm.nifti import OUTPUT_FORMATS, atomic_path, write_volume
 from medddpm.runtime import (
     Distributed,
+    check_conv3d_bf16,
     check_torch_version,
     init_distributed,
     library_versions,
@@ -505,6 +506,11 @@ def sample_to_folder(
         state = check_output_folder(out_dir, plan.recipe, overwrite)
         previous = read_manifest(out_dir) if state == "resume" else None
         dist.barrier()
+        # bf16 on CUDA: one conv3d at the model's full-resolution size against fp32 (a cuDNN bug).
+        width = plan.checkpoint.config.model.channels[0]
+        bf16_warning = check_conv3d_bf16(plan.device, plan.precision, (1, width, *plan.image_size))
+        if bf16_warning:
+            log(f"[yellow]warning:[/] {bf16_warning}")
 
         # 2. The folder: created, cleared for --overwrite, or resumed (keeping earlier records).
         records: dict[int, dict[str, Any]] = {}
