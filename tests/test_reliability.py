@@ -418,3 +418,110 @@ def test_resume_refuses_incompatible_config(run_copy: Path, tiny_run: Path, caps
     assert_one_line_error(code, err, "step-00000002", "cannot resume: model.channels")
     code, err = _resume(run_copy, tiny_run, capsys, "--image-size", "24")
     assert_one_line_error(code, err, "step-00000002", "cannot resume: data.image_size")
+
+
+# ---------------------------------------------------------------------------------------------
+# Numerical guards
+
+
+def test_nonfinite_steps_abort_with_advice(scans: Path, tmp_path: Path, capsys):
+    """A learning rate of 1e30 wrecks the weights at step 1; every later step is non-finite."""
+    args = ["train", scans, "--output", tmp_path / "run", "--config", "tiny", "--max-steps", "6"]
+    code, _, err = run_cli([*args, "--set", "train.lr=1e30", "--set", "train.max_nonfinite=2"], capsys)
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "Traceback" not in err, err
+    assert last.startswith("error: 2 steps in a row had a non-finite loss or gradient"), last
+    assert "--precision fp32" in last and "lower train.lr" in last
+
+
+def test_one_nonfinite_step_is_skipped_counted_and_training_goes_on(scans: Path, tmp_path: Path, monkeypatch):
+    import csv
+
+    import medddpm.training as training
+
+    calls = []
+
+    def loss_nan_once(*args, **kwargs):
+        loss = diffusion_loss(*args, **kwargs)
+        calls.append(1)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    diffusion_loss = training.diffusion_loss
+    monkeypatch.setattr(training, "diffusion_loss", loss_nan_once)
+    cfg = build_config("tiny", ["train.max_steps=3", "train.checkpoint_every=10"])
+    result = training.train(cfg, scans, tmp_path / "run")
+    assert result.step == 3 and not result.interrupted
+    with (tmp_path / "run" / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["1", "2", "3"]
+    assert [r["skipped_nonfinite"] for r in rows] == ["0", "1", "1"]
+    assert rows[1]["loss"] == "nan" and rows[2]["loss"] != "nan"
+    from medddpm.checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(result.checkpoint)
+    assert ckpt.training_state()["skipped_nonfinite"] == 1
+    assert all(
+        torch.isfinite(w).all() for w in [*ckpt.weights(ema=True).values(), *ckpt.weights(False).values()]
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Start-up checks
+
+
+@pytest.mark.parametrize("version", ["2.9.0", "2.9.0+cu128", "2.9.0+cpu"])
+def test_torch_2_9_0_is_refused(version: str):
+    from medddpm.runtime import check_torch_version
+
+    with pytest.raises(InputError, match=r"torch 2\.9\.0 is not supported.*pip install"):
+        check_torch_version(version)
+
+
+@pytest.mark.parametrize("version", ["2.8.0", "2.9.1+cu128", "2.10.0", "2.13.0+cpu"])
+def test_other_torch_releases_pass(version: str):
+    from medddpm.runtime import check_torch_version
+
+    check_torch_version(version)
+
+
+def test_conv3d_bf16_comparison_on_cpu():
+    """The comparison itself: real bf16 rounding stays far below the tolerance, a broken kernel does not."""
+    from medddpm.runtime import CONV3D_BF16_TOLERANCE, conv3d_bf16_error, conv3d_bf16_warning
+
+    cpu = torch.device("cpu")
+    honest = conv3d_bf16_error(cpu, (1, 8, 12, 12, 12))
+    assert 0 < honest < CONV3D_BF16_TOLERANCE / 3
+
+    def broken(x, w, **kwargs):  # what the cuDNN bug looks like: a garbled bf16 result
+        y = torch.nn.functional.conv3d(x, w, **kwargs)
+        if x.dtype == torch.bfloat16:
+            y = y.clone()
+            y[..., : y.shape[-1] // 2] = 0
+        return y
+
+    def nan(x, w, **kwargs):
+        y = torch.nn.functional.conv3d(x, w, **kwargs)
+        return y * float("nan") if x.dtype == torch.bfloat16 else y
+
+    garbled = conv3d_bf16_error(cpu, (1, 8, 12, 12, 12), conv=broken)
+    assert garbled > 10 * CONV3D_BF16_TOLERANCE
+    assert conv3d_bf16_error(cpu, (1, 4, 8, 8, 8), conv=nan) == float("inf")
+    assert conv3d_bf16_warning(honest, 91000) is None
+    message = conv3d_bf16_warning(garbled, 91000)
+    assert "cuDNN 9.10" in message and "--precision fp32" in message and "differ from fp32" in message
+    assert "cuDNN 8.9" in conv3d_bf16_warning(garbled, 8902)
+
+
+def test_conv3d_bf16_check_runs_once_and_only_for_cuda_bf16(monkeypatch):
+    import medddpm.runtime as runtime
+
+    ran = []
+    monkeypatch.setattr(runtime, "conv3d_bf16_error", lambda device, shape: ran.append(shape) or 0.5)
+    monkeypatch.setattr(runtime, "_conv3d_checked", set())
+    shape = (1, 8, 16, 16, 16)
+    assert runtime.check_conv3d_bf16(torch.device("cpu"), "bf16", shape) is None
+    assert runtime.check_conv3d_bf16(torch.device("cuda", 0), "fp32", shape) is None
+    assert ran == []
+    assert "differ from fp32 by 50.0%" in runtime.check_conv3d_bf16(torch.device("cuda", 0), "bf16", shape)
+    assert runtime.check_conv3d_bf16(torch.device("cuda", 0), "bf16", shape) is None  # once
+    assert ran == [shape]
