@@ -76,6 +76,7 @@ def train(
     ] = False,
 ) -> None:
     """Train a 3D DDPM on a folder of NIfTI scans."""
+    _startup_checks()
     from medddpm.config import build_config, resolve_config_path
 
     if resume and config is None and (output / "config.yaml").is_file():
@@ -190,6 +191,7 @@ def sample(
     Re-running the same command finishes an interrupted run. Under torchrun each process writes its
     share (write -n N there: torchrun's own parser mistakes --num for its --numa-binding).
     """
+    _startup_checks()
     from medddpm.sample import sample_to_folder
 
     with _sampling_progress() as (on_volumes, on_step):
@@ -271,6 +273,7 @@ def evaluate(
     ] = False,
 ) -> None:
     """Compare synthetic scans with real ones: 3D FID, MMD, precision/recall, MS-SSIM; writes report.html."""
+    _startup_checks()
     from medddpm.evaluation import evaluate as run_evaluation
     from medddpm.report import summary_table
 
@@ -287,6 +290,7 @@ def evaluate(
 @app.command()
 def info(path: Annotated[Path, typer.Argument(help="A NIfTI file, or a folder of them.")]) -> None:
     """Shape, spacing, orientation, data type and intensity range of a scan or of every scan in a folder."""
+    _startup_checks()
     from rich.table import Table
 
     from medddpm.data import discover_scans
@@ -303,6 +307,8 @@ def info(path: Annotated[Path, typer.Argument(help="A NIfTI file, or a folder of
         try:
             _, _, s = read_scan(f)
         except InputError as e:
+            if f == path:
+                raise  # a single file: one line, ``error: FILE: reason``
             bad += 1
             table.add_row(name, "", "", "", "", "", f"[red]{str(e).removeprefix(f'{f}: ')}")
             continue
@@ -316,6 +322,13 @@ def info(path: Annotated[Path, typer.Argument(help="A NIfTI file, or a folder of
         raise typer.Exit(2)
 
 
+def _startup_checks() -> None:
+    """What every command checks first: a torch release known to break 3D work is refused."""
+    from medddpm.runtime import check_torch_version
+
+    check_torch_version()
+
+
 def _fail(message: str) -> None:
     from medddpm.errors import InputError
 
@@ -327,7 +340,9 @@ def main(argv: list[str] | None = None) -> None:
     from medddpm.errors import InputError, TrainingAborted
 
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # click returns typer.Exit's code here
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except (InputError, TrainingAborted) as e:
         if _state["debug"]:
             raise
