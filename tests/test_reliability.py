@@ -168,13 +168,21 @@ def test_train_refuses_bad_scan(case: str, tmp_path: Path, capsys):
     assert not run.exists() and snapshot(data) == before
 
 
-@pytest.mark.parametrize("case", ["plain text named .nii.gz", "scl_slope inf", "true 4D series"])
-def test_info_flags_bad_scan(case: str, tmp_path: Path, capsys):
+@pytest.mark.parametrize("case", list(BAD_SCANS))
+def test_info_refuses_bad_scan(case: str, tmp_path: Path, capsys):
     name, make, reason = BAD_SCANS[case]
     bad = make(tmp_path / name)
-    code, out, err = run_cli(["info", bad], capsys)
-    assert code == 2 and "1 of 1 scans are unusable" in err and "Traceback" not in err
-    assert bad.name in out and reason.split()[0] in out
+    code, _, err = run_cli(["info", bad], capsys)
+    assert assert_one_line_error(code, err, reason).startswith(f"error: {bad}: ")
+
+
+def test_info_folder_lists_bad_scans_in_its_table(tmp_path: Path, capsys):
+    write_nifti(tmp_path / "good.nii.gz", blob_volume(np.random.default_rng(7), SHAPE))
+    _, make, _ = BAD_SCANS["scl_slope inf"]
+    make(tmp_path / "bad.nii")
+    code, out, err = run_cli(["info", tmp_path], capsys)
+    assert code == 2 and err.strip() == "1 of 2 scans are unusable"
+    assert "bad.nii" in out and "scl_slope" in out  # the table wraps the reason within its column
 
 
 @pytest.mark.parametrize(
@@ -482,6 +490,28 @@ def test_other_torch_releases_pass(version: str):
     from medddpm.runtime import check_torch_version
 
     check_torch_version(version)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "{tmp}", "--output", "{tmp}/run"],
+        ["train", "{tmp}", "--output", "{tmp}/run", "--dry-run"],
+        ["sample", "{tmp}", "--output", "{tmp}/out", "--num", "1"],
+        ["evaluate", "{tmp}", "{tmp}", "--output", "{tmp}/report"],
+        ["info", "{tmp}"],
+    ],
+    ids=lambda c: " ".join(c[:1] + [a for a in c if a == "--dry-run"]),
+)
+def test_every_command_refuses_a_broken_torch(command: list[str], tmp_path: Path, capsys, monkeypatch):
+    """Pretend the installed torch is a broken release: every command stops first, with exit 2."""
+    import medddpm.runtime as runtime
+
+    installed = torch.__version__.split("+")[0]
+    monkeypatch.setitem(runtime.BROKEN_TORCH, installed, "(pretend) it breaks 3D work")
+    code, _, err = run_cli([a.format(tmp=tmp_path) for a in command], capsys)
+    assert_one_line_error(code, err, f"torch {installed} is not supported", "(pretend) it breaks 3D work")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_conv3d_bf16_comparison_on_cpu():
