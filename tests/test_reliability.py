@@ -555,3 +555,110 @@ def test_conv3d_bf16_check_runs_once_and_only_for_cuda_bf16(monkeypatch):
     assert "differ from fp32 by 50.0%" in runtime.check_conv3d_bf16(torch.device("cuda", 0), "bf16", shape)
     assert runtime.check_conv3d_bf16(torch.device("cuda", 0), "bf16", shape) is None  # once
     assert ran == [shape]
+
+
+# ---------------------------------------------------------------------------------------------
+# sample: a bad run folder, checkpoint or output folder
+
+
+def _sample(run: Path, out: Path, capsys, *extra) -> tuple[int, str]:
+    before = snapshot(run, out)
+    code, _, err = run_cli(["sample", run, "--output", out, "--num", "1", *extra], capsys)
+    assert snapshot(run, out) == before, "a refused sampling must write nothing"
+    return code, err
+
+
+def test_sample_refuses_bad_run_folders(tiny_run: Path, tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    code, err = _sample(tmp_path / "missing", out, capsys)
+    assert_one_line_error(code, err, str(tmp_path / "missing"), "no such run or checkpoint folder")
+    (tmp_path / "empty").mkdir()
+    code, err = _sample(tmp_path / "empty", out, capsys)
+    assert_one_line_error(code, err, str(tmp_path / "empty"), "no complete checkpoint in this run folder")
+    code, err = _sample(tiny_run, out, capsys, "--checkpoint", "step-99")
+    assert_one_line_error(code, err, str(tiny_run), "no checkpoint step-99 (steps available: 2)")
+    code, err = _sample(tiny_run, out, capsys, "--num", "0")
+    assert_one_line_error(code, err, "--num must be at least 1")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["truncated weights", "half-written (a file missing)", "garbage meta.json"])
+def test_sample_refuses_damaged_checkpoint(case: str, run_copy: Path, tmp_path: Path, capsys):
+    damage, named, reason = DAMAGE[case]
+    if case == "truncated weights":  # sampling reads the EMA weights
+        damage, named = (
+            lambda c: (c / "ema.safetensors").write_bytes((c / "ema.safetensors").read_bytes()[:1000]),
+            "ema.safetensors",
+        )
+    damage(run_copy / "checkpoints" / "step-00000002")
+    code, err = _sample(run_copy, tmp_path / "out", capsys)
+    assert_one_line_error(code, err, named, reason)
+    assert not (tmp_path / "out").exists()
+
+
+def test_sample_refuses_foreign_or_file_output(tiny_run: Path, tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    code, err = _sample(tiny_run, out, capsys)
+    assert_one_line_error(code, err, str(out), "output folder is not empty", "--overwrite")
+    (tmp_path / "file").write_text("mine")
+    code, err = _sample(tiny_run, tmp_path / "file", capsys)
+    assert_one_line_error(code, err, str(tmp_path / "file"), "exists and is not a folder")
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate: bad sets, mismatched shapes, a report folder in the way
+
+
+@pytest.fixture
+def eval_sets(tmp_path: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(30)
+    for i in range(3):
+        write_nifti(tmp_path / "real" / f"r{i}.nii.gz", blob_volume(rng, (16, 16, 16)))
+        write_nifti(tmp_path / "synth" / f"s{i}.nii.gz", blob_volume(rng, (16, 16, 16)))
+    return tmp_path / "real", tmp_path / "synth"
+
+
+def _evaluate(real: Path, synth: Path, report: Path, capsys, *extra) -> tuple[int, str]:
+    before = snapshot(real, synth, report)
+    code, _, err = run_cli(["evaluate", real, synth, "--output", report, *extra], capsys)
+    assert snapshot(real, synth, report) == before, "a refused evaluation must write nothing"
+    return code, err
+
+
+def test_evaluate_refuses_mismatched_shapes(eval_sets, tmp_path: Path, capsys):
+    real, synth = eval_sets
+    odd = write_nifti(synth / "s1.nii.gz", blob_volume(np.random.default_rng(31), (16, 16, 20)))
+    code, err = _evaluate(real, synth, tmp_path / "report", capsys)
+    assert_one_line_error(code, err, str(odd), "shape 16x16x20 (RAS) differs from 16x16x16", "--run")
+    assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize("case", ["plain text named .nii.gz", "truncated gzip", "NaN and inf voxels"])
+def test_evaluate_refuses_bad_scan(case: str, eval_sets, tmp_path: Path, capsys):
+    real, synth = eval_sets
+    name, make, reason = BAD_SCANS[case]
+    bad = make(synth / name)
+    code, err = _evaluate(real, synth, tmp_path / "report", capsys)
+    assert_one_line_error(code, err, str(bad), reason)
+    assert not (tmp_path / "report").exists()
+
+
+def test_evaluate_refuses_bad_sets_and_report_folder(eval_sets, tmp_path: Path, capsys):
+    real, synth = eval_sets
+    report = tmp_path / "report"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, err = _evaluate(real, empty, report, capsys)
+    assert_one_line_error(code, err, str(empty), "the folder is empty")
+    for extra in list(synth.iterdir())[1:]:
+        extra.unlink()
+    code, err = _evaluate(real, synth, report, capsys)
+    assert_one_line_error(code, err, str(synth), "the synthetic set has 1 scan", "at least 2")
+    report.mkdir()
+    (report / "notes.txt").write_text("mine")
+    code, err = _evaluate(real, real, report, capsys)
+    assert_one_line_error(code, err, str(report), "not empty", "--overwrite")
+    code, err = _evaluate(real, real, tmp_path / "r2", capsys, "--feature-weights", tmp_path / "none.pth")
+    assert_one_line_error(code, err, str(tmp_path / "none.pth"), "feature-network weights not found")

@@ -140,3 +140,28 @@ def test_feature_weights_are_never_unpickled(make, tmp_path: Path, marker: Path)
     with pytest.raises(InputError, match="refused to load feature-network weights"):
         load_medicalnet_weights(build_resnet("resnet10"), hostile)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("make", [hostile_pickle, hostile_torch_file], ids=["legacy pickle", "torch zip"])
+def test_evaluate_refuses_hostile_feature_weights(make, tmp_path: Path, marker: Path, capsys):
+    import numpy as np
+
+    from tests.conftest import blob_volume, write_nifti
+
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_nifti(tmp_path / "real" / f"r{i}.nii.gz", blob_volume(rng, (16, 16, 16)))
+    hostile = make(tmp_path / "resnet_10_23dataset.pth", marker)
+    report = tmp_path / "report"
+    args = [
+        "evaluate",
+        tmp_path / "real",
+        tmp_path / "real",
+        "--output",
+        report,
+        "--feature-weights",
+        hostile,
+    ]
+    code, _, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, str(hostile), "refused to load feature-network weights")
+    assert not marker.exists() and not report.exists()
