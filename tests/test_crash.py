@@ -191,3 +191,24 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130(runs, capsys):
 
     resume_to_the_end(scans, run, capsys, "--max-steps", str(step + 1))
     assert list_checkpoints(run)[-1][0] == step + 1
+
+
+@pytest.mark.parametrize("name", ["sample_0000.nii.gz", "sample_0000.mha"])
+def test_an_interrupted_volume_write_leaves_no_file(name: str, tmp_path: Path, monkeypatch):
+    """Samples (and evaluate's files) are written beside their place and renamed into it: a write
+    cut short leaves neither a partial file under the final name nor the temporary one."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    from medddpm.nifti import write_volume
+
+    def interrupted(image, path, *args, **kwargs):
+        Path(path).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nib, "save", interrupted)
+    monkeypatch.setattr(sitk, "WriteImage", interrupted)
+    volume = np.zeros((8, 8, 8), np.float32)
+    with pytest.raises(KeyboardInterrupt):
+        write_volume(volume, tmp_path / name, (1.0, 1.0, 1.0))
+    assert list(tmp_path.iterdir()) == []
