@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 unexpected failure, 2 bad input or usage (one line, no 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,6 +25,11 @@ app = typer.Typer(
 )
 console = Console(stderr=True, highlight=False)
 _state = {"debug": False}
+
+
+def _is_main_process() -> bool:
+    """False in torchrun's processes other than rank 0: they leave progress and messages to it."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 @app.callback()
@@ -103,18 +109,19 @@ def train(
 
     from medddpm.training import train as run_training
 
-    with _training_progress() as on_step:
+    with _training_progress(enabled=_is_main_process()) as on_step:
         result = run_training(
             cfg, data_dir, output, resume=resume, overwrite=overwrite, skip_invalid=skip_invalid,
             log=console.print, on_step=on_step,
         )
     if result.interrupted:
         raise typer.Exit(130)
-    console.print(f"[green]Done:[/] step {result.step}, checkpoint {result.checkpoint}")
+    if _is_main_process():
+        console.print(f"[green]Done:[/] step {result.step}, checkpoint {result.checkpoint}")
 
 
-def _training_progress():
-    """A rich progress bar fed by the training loop's per-step callback."""
+def _training_progress(enabled: bool = True):
+    """A rich progress bar fed by the training loop's per-step callback (None when not ``enabled``)."""
     import contextlib
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -139,7 +146,7 @@ def _training_progress():
         with progress:
             yield on_step
 
-    return context()
+    return context() if enabled else contextlib.nullcontext()
 
 
 @app.command()
@@ -346,7 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     except (InputError, TrainingAborted) as e:
         if _state["debug"]:
             raise
-        console.print(f"[red]error:[/] {e}", soft_wrap=True)
+        if _is_main_process() or not getattr(e, "reported_by_rank_0", False):
+            console.print(f"[red]error:[/] {e}", soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
