@@ -170,7 +170,7 @@ def summary_text(m: dict[str, Any]) -> str:
         f"{m['n_synthetic']} synthetic volumes were compared with {m['n_real']} real volumes "
         f"at {shape} voxels, "
         f"both preprocessed the same way.",
-        f"With the feature network {fe['label']}, the FID is {m['fid']:.4g} and the MMD² {m['mmd']:.3g};",
+        f"With the feature network “{fe['label']}”, the FID is {m['fid']:.4g} and the MMD² {m['mmd']:.3g};",
         "these numbers mean something only next to other evaluations with the same feature network, "
         "preprocessing and numbers of volumes"
         + (
@@ -237,10 +237,15 @@ def _pyplot():
     return plt
 
 
+def _legend_on_top(ax) -> None:
+    """The legend in one row between title and axes, where it cannot hide data."""
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False, fontsize=9)
+
+
 def _histograms(real: VolumeSet, synth: VolumeSet, path: Path) -> Path:
     plt = _pyplot()
     edges = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
-    fig, ax = plt.subplots(figsize=(7.0, 3.4))
+    fig, ax = plt.subplots(figsize=(7.0, 3.6))
     for volume_set in (real, synth):
         counts, _ = np.histogram(volume_set.volumes.numpy(), bins=edges, density=True)
         colour = COLOURS[volume_set.name]
@@ -256,8 +261,8 @@ def _histograms(real: VolumeSet, synth: VolumeSet, path: Path) -> Path:
     ax.set_xlim(0, 1)
     ax.set_xlabel("intensity after preprocessing (0 = lower percentile / window, 1 = upper)")
     ax.set_ylabel("density (log scale)")
-    ax.set_title("Voxel intensities, all volumes", fontsize=10)
-    ax.legend(frameon=False)
+    ax.set_title("Voxel intensities, all volumes", fontsize=10, pad=24)
+    _legend_on_top(ax)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -272,7 +277,7 @@ def _ms_ssim_plot(values: dict[str, Sequence[float]], metrics: dict[str, Any], p
     pad = max(0.01, 0.05 * (hi - lo))
     n_bins = int(np.clip(2 * np.sqrt(max(len(v) for v in values.values())), 8, 40))
     edges = np.linspace(lo - pad, hi + pad, n_bins + 1)
-    fig, ax = plt.subplots(figsize=(7.0, 3.4))
+    fig, ax = plt.subplots(figsize=(7.0, 3.6))
     for name in ("real", "synthetic"):
         v = np.asarray(values[name], dtype=float)
         colour = COLOURS[name]
@@ -286,9 +291,11 @@ def _ms_ssim_plot(values: dict[str, Sequence[float]], metrics: dict[str, Any], p
     ax.set_ylabel("density")
     s = metrics["ms_ssim_settings"]
     ax.set_title(
-        f"Pairwise MS-SSIM within each set ({s['num_scales']} scales, kernel {s['kernel_size']})", fontsize=10
+        f"Pairwise MS-SSIM within each set ({s['num_scales']} scales, kernel {s['kernel_size']})",
+        fontsize=10,
+        pad=24,
     )
-    ax.legend(frameon=False)
+    _legend_on_top(ax)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -355,6 +362,7 @@ td.meaning { color: #5b6475; }
 .caveat { display: block; color: #9a5a00; font-size: 0.85rem; margin-top: 0.2rem; }
 .figures { display: flex; gap: 1rem; flex-wrap: wrap; }
 .figures figure { flex: 1 1 460px; margin: 0; }
+.figures.single { justify-content: center; }
 .figures.single figure { flex: 0 1 760px; }
 figure img { width: 100%; border: 1px solid #e3e6ec; border-radius: 4px; }
 figcaption { color: #5b6475; font-size: 0.9rem; margin-top: 0.3rem; }
