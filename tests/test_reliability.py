@@ -34,6 +34,15 @@ from tests.conftest import blob_volume, write_nifti
 SHAPE = (10, 9, 11)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny volumes gain nothing from threads, and on a busy machine OpenMP spin-waits cost a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as e:
         main([str(a) for a in args])

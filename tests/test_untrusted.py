@@ -15,7 +15,12 @@ import pytest
 import torch
 
 from medddpm.errors import InputError
-from tests.test_reliability import assert_one_line_error, run_cli, snapshot
+from tests.test_reliability import (
+    assert_one_line_error,
+    one_thread,  # noqa: F401  (an autouse fixture: active here too)
+    run_cli,
+    snapshot,
+)
 
 
 class Plant:
