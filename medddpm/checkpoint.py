@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 from dataclasses import dataclass
@@ -157,10 +158,16 @@ class Checkpoint:
         path = self.path / "training_state.pt"
         try:
             return torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as e:  # weights_only refuses anything but tensors and plain types
+        except pickle.UnpicklingError:  # weights_only refuses anything but tensors and plain types
             raise InputError(
-                f"corrupt or unsafe training state ({str(e).splitlines()[0][:160]})", path
+                "refused to load the training state: it asks to build objects other than tensors and "
+                "plain types (it could run code when unpickled), so it was not unpickled",
+                path,
             ) from None
+        except Exception as e:  # truncated, empty, not a torch file
+            detail = str(e).strip().splitlines()[0].split(". ")[0][:160] if str(e).strip() else ""
+            reason = detail or f"{type(e).__name__}: the file is empty or truncated"
+            raise InputError(f"corrupt training state ({reason})", path) from None
 
 
 def open_checkpoint(path: Path) -> Checkpoint:

@@ -402,7 +402,7 @@ DAMAGE = {
     "truncated training state": (
         lambda c: (c / "training_state.pt").write_bytes((c / "training_state.pt").read_bytes()[:500]),
         "training_state.pt",
-        "corrupt or unsafe training state",
+        "corrupt training state (PytorchStreamReader failed reading zip archive",
     ),
     "half-written (a file missing)": (
         lambda c: (c / "training_state.pt").unlink(),
