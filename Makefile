@@ -33,8 +33,10 @@ format: $(STAMP)
 	$(BIN)/ruff format medddpm tests benchmarks examples
 	$(BIN)/ruff check --fix medddpm tests benchmarks examples
 
+# DEMO_ARGS: more options for medddpm demo, e.g. make demo DEMO_ARGS="--minutes 30 --device cuda".
+# A new `make demo` replaces the previous demo's folders in medddpm-demo/.
 demo: $(STAMP)
-	$(BIN)/medddpm demo
+	$(BIN)/medddpm demo --overwrite $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
