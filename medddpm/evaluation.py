@@ -33,6 +33,7 @@ contains. The RBF-kernel MMD² reported here (metrics.mmd) takes sets of any siz
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -41,7 +42,8 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -251,42 +253,48 @@ def check_set_size(name: str, folder: Path, files: Sequence[Path]) -> None:
         )
 
 
+def load_scan(path: Path, prep: Preprocessing) -> tuple[torch.Tensor, list[float]]:
+    """One file read, checked and preprocessed: [1, D, H, W] on [0, 1], and its voxel size (mm, RAS).
+
+    The file is read in full first (medddpm.nifti.read_scan), so a truncated, non-3D, non-finite or
+    constant scan is an InputError naming it; without a run, so is a RAS shape other than the target.
+    """
+    target = tuple(prep.data.image_size)
+    img, _, info = read_scan(path)
+    if prep.same_shape_required and _ras_shape(img, info.shape) != target:
+        raise InputError(
+            f"shape {_shape(_ras_shape(img, info.shape))} (RAS) differs from {_shape(target)}, the shape "
+            "of the first real scan; without --run every volume must have the same shape. Pass --run "
+            "RUN_DIR to bring both sets to the training size",
+            path,
+        )
+    try:
+        volume = build_transforms(prep.data)({"image": str(path)})["image"]
+    except Exception as e:  # MONAI wraps reader and transform errors in RuntimeError
+        reason = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+        raise InputError(f"preprocessing failed ({reason})", path) from None
+    if tuple(volume.shape[1:]) != target:
+        raise InputError(
+            f"shape {_shape(volume.shape[1:])} after preprocessing differs from {_shape(target)}", path
+        )
+    return ((volume.float() + 1.0) / 2.0).clamp_(0.0, 1.0), info.spacing
+
+
 def load_set(
     name: str,
     folder: Path,
     files: Sequence[Path],
     prep: Preprocessing,
+    workers: int = 1,
 ) -> VolumeSet:
-    """Read, check and preprocess every file: [N, 1, D, H, W] on [0, 1].
+    """Every file through load_scan, ``workers`` at a time: volumes [N, 1, D, H, W] on [0, 1].
 
-    Each file is read in full first (medddpm.nifti.read_scan), so a truncated, non-3D, non-finite or
-    constant scan stops the evaluation with its name. Without a run, a file whose RAS shape differs
-    from the target shape stops it too.
+    A bad file stops the evaluation; with several bad files, the first in file order is named.
     """
     check_set_size(name, folder, files)
-    transforms = build_transforms(prep.data)
-    target = tuple(prep.data.image_size)
-    volumes, spacings = [], []
-    for path in files:
-        img, _, info = read_scan(path)
-        if prep.same_shape_required and _ras_shape(img, info.shape) != target:
-            raise InputError(
-                f"shape {_shape(_ras_shape(img, info.shape))} (RAS) differs from {_shape(target)}, the shape "
-                "of the first real scan; without --run every volume must have the same shape. Pass --run "
-                "RUN_DIR to bring both sets to the training size",
-                path,
-            )
-        try:
-            volume = transforms({"image": str(path)})["image"]
-        except Exception as e:  # MONAI wraps reader and transform errors in RuntimeError
-            reason = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
-            raise InputError(f"preprocessing failed ({reason})", path) from None
-        if tuple(volume.shape[1:]) != target:
-            raise InputError(
-                f"shape {_shape(volume.shape[1:])} after preprocessing differs from {_shape(target)}", path
-            )
-        volumes.append(((volume.float() + 1.0) / 2.0).clamp_(0.0, 1.0))
-        spacings.append(info.spacing)
+    loaded = parallel_map(lambda path: load_scan(path, prep), files, workers)
+    volumes = [volume for volume, _ in loaded]
+    spacings = [spacing for _, spacing in loaded]
     if prep.data.spacing is not None:
         spacing = tuple(float(s) for s in prep.data.spacing)
     else:
@@ -299,10 +307,50 @@ def load_set(
 # --------------------------------------------------------------------------------------------------
 
 
-def extract_features(extractor: FeatureExtractor, volumes: torch.Tensor) -> np.ndarray:
-    """Features [N, F] of volumes [N, 1, D, H, W], in batches of at most FEATURE_BATCH_VOXELS voxels."""
+def extract_features(extractor: FeatureExtractor, volumes: torch.Tensor, workers: int = 1) -> np.ndarray:
+    """Features [N, F] of volumes [N, 1, D, H, W]; ``workers`` threads share FEATURE_BATCH_VOXELS."""
     batch = max(1, min(8, FEATURE_BATCH_VOXELS // math.prod(volumes.shape[2:])))
-    return extractor.extract(volumes, batch_size=batch)
+    workers = max(1, min(workers, len(volumes)))
+    chunks = [c for c in np.array_split(np.arange(len(volumes)), workers) if len(c)]
+    parts = parallel_map(
+        lambda idx: extractor.extract(volumes[idx], batch_size=max(1, batch // workers)), chunks, workers
+    )
+    return np.concatenate(parts)
+
+
+def cpu_workers(device: torch.device) -> int:
+    """Parallel streams for CPU work: one per torch thread (on CUDA, one stream feeds the device)."""
+    return max(1, torch.get_num_threads()) if device.type == "cpu" else 1
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def parallel_map(
+    fn: Callable[[Any], Any], items: Sequence[Any], workers: int, threads_each: int = 1
+) -> list[Any]:
+    """``[fn(x) for x in items]`` on ``workers`` Python threads, each running torch on ``threads_each``.
+
+    Why: on a small or busy CPU, one stream whose OpenMP threads wait on each other wastes most of
+    its time. Measured on 2 shared cores (load ~9): MS-SSIM on two sets took 2.3x less wall and CPU
+    time as two single-threaded streams than as one two-threaded stream; resnet10 features ~10% less
+    CPU time, with identical results. torch releases the GIL inside its kernels, as nibabel's zlib
+    does while decompressing. Exceptions surface in item order.
+    """
+    if workers <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    with (
+        torch_threads(threads_each),
+        ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(threads_each,)) as pool,
+    ):
+        return list(pool.map(fn, items))
 
 
 def feature_metrics(real: np.ndarray, synth: np.ndarray, nearest_k: int) -> dict[str, Any]:
@@ -483,8 +531,9 @@ def measure(
     # 3. Read and preprocess ----------------------------------------------------------------------------
     t = time.perf_counter()
     prep = prep or default_preprocessing(real_files[0])
-    real = load_set("real", real_dir, real_files, prep)
-    synth = load_set("synthetic", synth_dir, synth_files, prep)
+    workers = cpu_workers(torch_device)
+    real = load_set("real", real_dir, real_files, prep, workers)
+    synth = load_set("synthetic", synth_dir, synth_files, prep, workers)
     seconds["loading"] = time.perf_counter() - t
     # the first message comes once every input has been checked: an error stays a single line
     log(f"Read {len(real_files)} real and {len(synth_files)} synthetic scans ({prep.describe()})")
@@ -492,8 +541,8 @@ def measure(
     # 4. Metrics ------------------------------------------------------------------------------------------
     log(f"Features: {extractor.label}, on {torch_device}")
     t = time.perf_counter()
-    real_features = extract_features(extractor, real.volumes)
-    synth_features = extract_features(extractor, synth.volumes)
+    real_features = extract_features(extractor, real.volumes, workers)
+    synth_features = extract_features(extractor, synth.volumes, workers)
     seconds["features"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -502,8 +551,12 @@ def measure(
 
     log(f"MS-SSIM diversity: up to {max_pairs} pairs per set")
     t = time.perf_counter()
-    ssim_real = pairwise_ms_ssim(real.volumes.to(torch_device), max_pairs=max_pairs, seed=seed)
-    ssim_synth = pairwise_ms_ssim(synth.volumes.to(torch_device), max_pairs=max_pairs, seed=seed)
+    ssim_real, ssim_synth = parallel_map(
+        lambda v: pairwise_ms_ssim(v.to(torch_device), max_pairs=max_pairs, seed=seed),
+        [real.volumes, synth.volumes],
+        workers=min(2, workers),
+        threads_each=max(1, workers // 2),
+    )
     seconds["ms_ssim"] = time.perf_counter() - t
 
     metrics: dict[str, Any] = {
