@@ -138,7 +138,11 @@ def build_dataset(
             raise ValueError("data.cache=disk needs a cache folder")
         # weights_only: a cache file is only ever read back as tensors, never unpickled as objects.
         return PersistentDataset(items, transforms, cache_dir=cache_dir, weights_only=True)
-    return CacheDataset(items, transforms, cache_rate=1.0, num_workers=num_workers, progress=False)
+    # copy_cache=False: no random transform follows the cache and training stacks items into a new
+    # batch tensor, so the per-item deep copy MONAI makes by default would only copy each volume twice.
+    return CacheDataset(
+        items, transforms, cache_rate=1.0, num_workers=num_workers, progress=False, copy_cache=False
+    )
 
 
 def load_volumes(cfg: DataConfig, files: Sequence[Path | str]) -> torch.Tensor:
