@@ -24,6 +24,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -488,7 +489,9 @@ def train(
     consecutive_nonfinite = 0
     t0 = time.perf_counter()
     model.train()
+    stop = StopRequest()
     try:
+        stop.listen()
         while step < tc.max_steps:
             loss_sum, grad_norm = train_step(
                 learner, schedule, dataset, samples_seen, tc, dist, device, precision
@@ -528,17 +531,22 @@ def train(
                     writer.add_scalar("loss", entry.loss, step)
                     writer.add_scalar("lr", entry.lr, step)
             if on_step is not None and dist.is_main:
-                on_step(
-                    StepLog(
-                        step,
-                        tc.max_steps,
-                        loss_sum,
-                        scheduler.get_last_lr()[0],
-                        grad_norm,
-                        nonfinite_total,
-                        time.perf_counter() - t0,
+                try:
+                    on_step(
+                        StepLog(
+                            step,
+                            tc.max_steps,
+                            loss_sum,
+                            scheduler.get_last_lr()[0],
+                            grad_norm,
+                            nonfinite_total,
+                            time.perf_counter() - t0,
+                        )
                     )
-                )
+                except KeyboardInterrupt:  # a callback's interrupt: the same as Ctrl-C
+                    stop.requested = True
+            if stop.agreed(dist, device):
+                raise KeyboardInterrupt
             if step % tc.checkpoint_every == 0 or step == tc.max_steps or out_of_time:
                 last_checkpoint = checkpoint_now() or last_checkpoint
             last = step == tc.max_steps or out_of_time
@@ -549,6 +557,8 @@ def train(
                 log(f"Stopped at step {step}: train.max_minutes={tc.max_minutes:g} reached")
                 break
     except KeyboardInterrupt:
+        if stop.forced:
+            raise
         last_checkpoint = checkpoint_now() or last_checkpoint
         log(
             f"Interrupted at step {step}; checkpoint saved in {last_checkpoint}. "
@@ -556,9 +566,48 @@ def train(
         )
         return TrainResult(run_dir, step, last_checkpoint, interrupted=True)
     finally:
+        stop.stop_listening()
         if writer is not None:
             writer.close()
     return TrainResult(run_dir, step, last_checkpoint)
+
+
+class StopRequest:
+    """Ctrl-C while training. The first one asks to stop once the current step is done; every
+    process then stops after the same step, so the checkpoint written on the way out is
+    consistent (under torchrun, which passes Ctrl-C on to each process, a signal can arrive in the
+    middle of a step or of a collective). A second Ctrl-C stops at once, without a checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.forced = False
+        self._previous = None
+
+    def listen(self) -> None:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: Ctrl-C keeps Python's own behaviour
+            self._previous = None
+
+    def stop_listening(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            self.forced = True
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def agreed(self, dist: Distributed, device: torch.device) -> bool:
+        """Whether any process was asked to stop; a collective under torchrun, so all answer alike."""
+        if not dist.enabled:
+            return self.requested
+        flag = torch.tensor([float(self.requested)], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
 
 
 def _out_of_time(max_minutes: float | None, seconds: float, dist: Distributed, device: torch.device) -> bool:
