@@ -84,9 +84,10 @@ def main() -> None:
         f"evaluate {m['n_real']} + {m['n_synthetic']} volumes at {args.size}³: "
         f"{wall:.1f} s wall, {cpu:.1f} s CPU (this process)"
     )
+    print(f"  {'stage':<16} {'wall':>8} {'CPU':>8}")
     for stage, seconds in result.seconds.items():
         if stage != "total":
-            print(f"  {stage:<16} {seconds:7.1f} s")
+            print(f"  {stage:<16} {seconds:7.1f}s {result.cpu_seconds[stage]:7.1f}s")
     print(f"MS-SSIM pairs per set: {m['ms_ssim_pairs']}; FID {m['fid']:.4g}, MMD² {m['mmd']:.3g}")
     print("target: under 300 s:", "met" if wall < 300 else "NOT met")
 

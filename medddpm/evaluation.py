@@ -144,6 +144,9 @@ class Measurement:
     ms_ssim_values: dict[str, list[float]]
     """MS-SSIM of each pair drawn, per set."""
     seconds: dict[str, float]
+    """Wall time of each stage."""
+    cpu_seconds: dict[str, float]
+    """CPU time of each stage, all threads of this process (what a busy machine does not change)."""
 
 
 @dataclass
@@ -153,6 +156,7 @@ class EvaluationResult:
     html: Path
     markdown: Path
     seconds: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -316,6 +320,19 @@ def extract_features(extractor: FeatureExtractor, volumes: torch.Tensor, workers
         lambda idx: extractor.extract(volumes[idx], batch_size=max(1, batch // workers)), chunks, workers
     )
     return np.concatenate(parts)
+
+
+def _stopwatch(seconds: dict[str, float], cpu_seconds: dict[str, float]):
+    """``with stage(name):`` records the block's wall and CPU time under ``name``."""
+
+    @contextlib.contextmanager
+    def stage(name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        seconds[name] = time.perf_counter() - wall
+        cpu_seconds[name] = time.process_time() - cpu
+
+    return stage
 
 
 def cpu_workers(device: torch.device) -> int:
@@ -505,6 +522,8 @@ def measure(
     real_dir, synth_dir = Path(real_dir), Path(synth_dir)
     run_dir = None if run_dir is None else Path(run_dir)
     seconds: dict[str, float] = {}
+    cpu_seconds: dict[str, float] = {}
+    stage = _stopwatch(seconds, cpu_seconds)
 
     # Options ------------------------------------------------------------------------------------------
     prep, eval_cfg = resolve_preprocessing(run_dir)
@@ -529,35 +548,30 @@ def measure(
         extractor.model.to(memory_format=torch.channels_last_3d)
 
     # 3. Read and preprocess ----------------------------------------------------------------------------
-    t = time.perf_counter()
-    prep = prep or default_preprocessing(real_files[0])
-    workers = cpu_workers(torch_device)
-    real = load_set("real", real_dir, real_files, prep, workers)
-    synth = load_set("synthetic", synth_dir, synth_files, prep, workers)
-    seconds["loading"] = time.perf_counter() - t
+    with stage("loading"):
+        prep = prep or default_preprocessing(real_files[0])
+        workers = cpu_workers(torch_device)
+        real = load_set("real", real_dir, real_files, prep, workers)
+        synth = load_set("synthetic", synth_dir, synth_files, prep, workers)
     # the first message comes once every input has been checked: an error stays a single line
     log(f"Read {len(real_files)} real and {len(synth_files)} synthetic scans ({prep.describe()})")
 
     # 4. Metrics ------------------------------------------------------------------------------------------
     log(f"Features: {extractor.label}, on {torch_device}")
-    t = time.perf_counter()
-    real_features = extract_features(extractor, real.volumes, workers)
-    synth_features = extract_features(extractor, synth.volumes, workers)
-    seconds["features"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    metrics_f = feature_metrics(real_features, synth_features, eval_cfg.nearest_k)
-    seconds["feature_metrics"] = time.perf_counter() - t
+    with stage("features"):
+        real_features = extract_features(extractor, real.volumes, workers)
+        synth_features = extract_features(extractor, synth.volumes, workers)
+    with stage("feature_metrics"):
+        metrics_f = feature_metrics(real_features, synth_features, eval_cfg.nearest_k)
 
     log(f"MS-SSIM diversity: up to {max_pairs} pairs per set")
-    t = time.perf_counter()
-    ssim_real, ssim_synth = parallel_map(
-        lambda v: pairwise_ms_ssim(v.to(torch_device), max_pairs=max_pairs, seed=seed),
-        [real.volumes, synth.volumes],
-        workers=min(2, workers),
-        threads_each=max(1, workers // 2),
-    )
-    seconds["ms_ssim"] = time.perf_counter() - t
+    with stage("ms_ssim"):
+        ssim_real, ssim_synth = parallel_map(
+            lambda v: pairwise_ms_ssim(v.to(torch_device), max_pairs=max_pairs, seed=seed),
+            [real.volumes, synth.volumes],
+            workers=min(2, workers),
+            threads_each=max(1, workers // 2),
+        )
 
     metrics: dict[str, Any] = {
         "fid": metrics_f["fid"],
@@ -610,6 +624,7 @@ def measure(
         features={"real": real_features, "synthetic": synth_features},
         ms_ssim_values={"real": ssim_real["values"], "synthetic": ssim_synth["values"]},
         seconds=seconds,
+        cpu_seconds=cpu_seconds,
     )
 
 
@@ -657,7 +672,7 @@ def evaluate(
     metrics, seconds = m.metrics, m.seconds
 
     # 5. Write the report beside its final place, then rename ------------------------------------------
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     report_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{report_dir.name}-tmp-", dir=report_dir.parent))
     umask = os.umask(0)
@@ -668,6 +683,7 @@ def evaluate(
         if save_features:
             np.savez_compressed(tmp / "features.npz", **m.features)
         seconds["report"] = time.perf_counter() - t
+        m.cpu_seconds["report"] = time.process_time() - cpu
         seconds["total"] = time.perf_counter() - started
         metrics["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
@@ -676,5 +692,5 @@ def evaluate(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return EvaluationResult(
-        metrics, report_dir, report_dir / "report.html", report_dir / "report.md", seconds
+        metrics, report_dir, report_dir / "report.html", report_dir / "report.md", seconds, m.cpu_seconds
     )
