@@ -11,8 +11,10 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -21,7 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medddpm.checkpoint import FILES
+from medddpm.checkpoint import FILES, list_checkpoints
 from medddpm.config import build_config
 from medddpm.training import train
 from tests.conftest import blob_volume, write_nifti
@@ -32,13 +34,19 @@ STEPS = 4
 COMMON = ["--config", "tiny", "--max-steps", str(STEPS), "--checkpoint-every", "2", "--seed", "3"]
 
 
-def torchrun(*args: str, nproc: int = 2, timeout: float = 240) -> subprocess.CompletedProcess:
+def torchrun_command(*args: str, nproc: int = 2) -> list[str]:
     """``torchrun --standalone --nproc-per-node N -m medddpm ARGS`` (free port, no clash)."""
     launcher = Path(sys.executable).with_name("torchrun")
     cmd = [str(launcher)] if launcher.exists() else [sys.executable, "-m", "torch.distributed.run"]
-    cmd += ["--standalone", f"--nproc-per-node={nproc}", "-m", "medddpm", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return cmd + ["--standalone", f"--nproc-per-node={nproc}", "-m", "medddpm", *args]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+
+
+def torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    cmd = torchrun_command(*args)
+    return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
 def weights(run: Path, step: int, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
@@ -160,3 +168,28 @@ def test_sampling_shards_match_one_process(ddp_run, tmp_path: Path):
         a, b = nib.load(tmp_path / "two" / name), nib.load(tmp_path / "one" / name)
         np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj), err_msg=name)
         np.testing.assert_array_equal(a.affine, b.affine)
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_torchrun_stops_every_process_after_the_same_step(scans: Path, tmp_path: Path):
+    """torchrun passes Ctrl-C (SIGINT) on to each process, at whatever point each one is; they
+    agree to stop after the same step, and the checkpoint written on the way out is consistent."""
+    run = tmp_path / "run"
+    cmd = torchrun_command("train", str(scans), "--output", str(run), "--batch-size", "1", *COMMON)
+    cmd[cmd.index("--max-steps") + 1] = "10000"
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "metrics.csv").exists() or len(metric_rows(run)) < 2:  # 2 steps done
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert stderr.count("Interrupted at step") == 1
+    (step, folder), *_ = reversed(list_checkpoints(run))
+    state = torch.load(folder / "training_state.pt", weights_only=True)
+    assert state["step"] == step and state["samples_seen"] == 2 * step
+    assert state["scheduler"]["last_epoch"] == step
+    assert all(int(s["step"]) == step for s in state["optimizer"]["state"].values())
