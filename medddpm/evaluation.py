@@ -26,9 +26,10 @@ scale, so both go through one transform (medddpm.data.build_transforms), then [-
   hides global intensity differences; for CT, pass ``--run`` to compare in the HU window.
 
 MONAI's ``MMDMetric`` is not reported: it is written for paired sets of equal size (an
-autoencoder's reconstructions against its inputs), and with its only kernel, the linear one, MMD²
-reduces to the squared distance between the feature means, which the FID's first term already
-contains. The RBF-kernel MMD² reported here (metrics.mmd) takes sets of any size.
+autoencoder's reconstructions against its inputs), and with its only kernel, the linear one, its
+unbiased MMD² estimates the squared distance between the feature means, which the FID's first term
+already measures. The RBF-kernel MMD² reported here (metrics.mmd) takes sets of any size and
+compares whole distributions.
 """
 
 from __future__ import annotations
@@ -440,7 +441,8 @@ def caveats(metrics: dict[str, Any]) -> list[str]:
         "MMD² uses an RBF kernel whose bandwidth is the median distance between these features, so the "
         "bandwidth depends on the data being compared. The estimator is unbiased and can be slightly "
         "negative when the sets agree. MONAI's MMDMetric (linear kernel, equal-size paired sets) is not "
-        "reported: its linear-kernel value is the squared distance of the feature means, part of the FID."
+        "reported: its linear kernel only estimates the squared distance of the feature means, which the "
+        "FID already contains."
     )
     if metrics["prdc_unavailable"]:
         notes.append(
