@@ -55,7 +55,7 @@ from medddpm.runtime import (
     resolve_precision,
     seed_everything,
 )
-from medddpm.unet import build_unet, count_parameters
+from medddpm.unet import build_unet, count_parameters, preferred_memory_format, to_memory_format
 
 METRICS_FIELDS = ["step", "loss", "lr", "grad_norm", "skipped_nonfinite", "seconds"]
 RUN_FILES = ("checkpoints", "previews", "metrics.csv", "config.yaml", "dataset.json", "cache", "tensorboard")
@@ -145,12 +145,22 @@ class Learner:
     scaler: torch.amp.GradScaler
 
 
-def build_learner(cfg: Config, device: torch.device, precision: str, dist: Distributed) -> Learner:
+def build_learner(
+    cfg: Config,
+    device: torch.device,
+    precision: str,
+    dist: Distributed,
+    memory_format: torch.memory_format | None = None,
+) -> Learner:
     """The U-Net on ``device`` with its EMA copy, AdamW, warm-up + cosine LR and grad scaler (fp16
     only), and the network the forward pass runs: wrapped in DDP under torchrun, compiled with
-    ``train.compile``. Draws the initial weights from torch's global generator."""
+    ``train.compile``. Draws the initial weights from torch's global generator. ``memory_format``:
+    the weights' layout (default: ``preferred_memory_format(device)``; results differ only by
+    float rounding)."""
     tc = cfg.train
-    model = build_unet(cfg.model).to(device)
+    model = to_memory_format(
+        build_unet(cfg.model).to(device), memory_format or preferred_memory_format(device)
+    )
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -56,5 +56,43 @@ def _checkpointed(cls: type[torch.nn.Module]) -> type[torch.nn.Module]:
     return wrapped
 
 
+def preferred_memory_format(device: torch.device) -> torch.memory_format:
+    """Layout for the U-Net's weights and activations when training on ``device``.
+
+    CPU: channels-last (NDHWC), in which oneDNN's 3D convolutions (most of a training step) run
+    faster; see ``to_memory_format`` and benchmarks/RESULTS.md. CUDA: the default layout, as
+    channels-last 3D has been reported slower there with GroupNorm
+    (``benchmarks/bench_train.py --compare-layouts`` measures it).
+    """
+    return torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+
+
+def to_memory_format(model: DiffusionModelUNet, memory_format: torch.memory_format) -> DiffusionModelUNet:
+    """Put the weights, and so the activations, in ``memory_format``; returns ``model``.
+
+    For channels-last 3D every down, middle and up block also returns its outputs in that layout
+    (a forward hook): MONAI's attention blocks end in ``.contiguous()``, which would put all later
+    layers back in NCDHW and make each convolution convert its input and gradients. Results are
+    the same up to float rounding; state-dict keys and checkpoints do not change.
+    """
+    model.to(memory_format=memory_format)
+    if memory_format == torch.channels_last_3d and not getattr(model, "_medddpm_channels_last", False):
+        for block in [*model.down_blocks, model.middle_block, *model.up_blocks]:
+            block.register_forward_hook(_outputs_channels_last)
+        model._medddpm_channels_last = True
+    return model
+
+
+def _outputs_channels_last(module: torch.nn.Module, args: tuple, output):
+    def convert(x):
+        if isinstance(x, torch.Tensor) and x.dim() == 5:
+            return x.contiguous(memory_format=torch.channels_last_3d)
+        if isinstance(x, (list, tuple)):
+            return type(x)(convert(v) for v in x)
+        return x
+
+    return convert(output)
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
