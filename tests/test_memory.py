@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from medddpm.config import build_config
-from medddpm.memory import GIB, _EstimationMode, estimate_memory, measure_training_step
+from medddpm.memory import GIB, MeasuredStep, _EstimationMode, estimate_memory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,10 +60,23 @@ def test_estimate_matches_a_measured_cpu_step():
     """
     cfg = config(16)
     estimate = estimate_memory(cfg, "fp32", 1, device="cpu")
-    measured = measure_training_step(cfg, "fp32", 1, device="cpu")
+    measured = _measure_in_fresh_process(16)
     assert measured.activations_gib == pytest.approx(estimate.activations_gib, rel=0.10)
     assert estimate.total_gib <= measured.peak_gib <= 1.30 * estimate.total_gib
     assert measured.state_gib == pytest.approx(4 * estimate.weights_gib, rel=0.01)  # weights, AdamW, EMA
+
+
+def _measure_in_fresh_process(size: int):
+    """The resident-memory meter needs a process whose allocator has not been through other tests."""
+    code = (
+        "import json, dataclasses;"
+        "from medddpm.config import build_config;"
+        "from medddpm.memory import measure_training_step;"
+        f"m = measure_training_step(build_config(None, ['data.image_size={size}']), 'fp32', 1, device='cpu');"
+        "print(json.dumps(dataclasses.asdict(m)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return MeasuredStep(**json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def test_ct128_fits_24_gb():
