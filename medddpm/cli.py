@@ -66,19 +66,30 @@ def train(
     image_size: Annotated[
         list[int] | None, typer.Option("--image-size", help="Voxels per side (one number, or three).")
     ] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps to train for.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Volumes per step per process.")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Optimizer steps to train for.")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Volumes per step per process.")
+    ] = None,
     precision: PrecisionOpt = None,
     device: DeviceOpt = None,
-    checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", help="Steps between checkpoints.")] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option("--checkpoint-every", help="Steps between checkpoints.")
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for weights, batches and noise.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's latest checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again in a folder that holds a run.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the run's latest checkpoint.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start again in a folder that holds a run.")
+    ] = False,
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="Skip unusable scans (with a warning) instead of stopping.")
     ] = False,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Show config, data, model size and memory estimate; train nothing.")
+        bool,
+        typer.Option("--dry-run", help="Show config, data, model size and memory estimate; train nothing."),
     ] = False,
 ) -> None:
     """Train a 3D DDPM on a folder of NIfTI scans."""
@@ -92,7 +103,9 @@ def train(
     if image_size is not None and len(image_size) not in (1, 3):
         _fail("--image-size takes one number or three")
     flags: dict[str, Any] = {
-        "data.image_size": None if image_size is None else (image_size[0] if len(image_size) == 1 else image_size),
+        "data.image_size": None
+        if image_size is None
+        else (image_size[0] if len(image_size) == 1 else image_size),
         "train.max_steps": max_steps,
         "train.batch_size": batch_size,
         "train.precision": precision,
@@ -111,8 +124,14 @@ def train(
 
     with _training_progress(enabled=_is_main_process()) as on_step:
         result = run_training(
-            cfg, data_dir, output, resume=resume, overwrite=overwrite, skip_invalid=skip_invalid,
-            log=console.print, on_step=on_step,
+            cfg,
+            data_dir,
+            output,
+            resume=resume,
+            overwrite=overwrite,
+            skip_invalid=skip_invalid,
+            log=console.print,
+            on_step=on_step,
         )
     if result.interrupted:
         raise typer.Exit(130)
@@ -129,8 +148,14 @@ def _training_progress(enabled: bool = True):
     @contextlib.contextmanager
     def context():
         progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-            TextColumn("{task.fields[rate]} it/s"), TimeRemainingColumn(), console=console, transient=False,
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[rate]} it/s"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
         )
         task = None
         start_step = None
@@ -139,7 +164,9 @@ def _training_progress(enabled: bool = True):
             nonlocal task, start_step
             if task is None:
                 start_step = entry.step - 1
-                task = progress.add_task("train", total=entry.max_steps, completed=start_step, loss="-", rate="-")
+                task = progress.add_task(
+                    "train", total=entry.max_steps, completed=start_step, loss="-", rate="-"
+                )
             rate = (entry.step - start_step) / entry.seconds if entry.seconds > 0 else 0.0
             progress.update(task, completed=entry.step, loss=f"{entry.loss:.4f}", rate=f"{rate:.2f}")
 
@@ -172,7 +199,7 @@ def sample(
     seed: Annotated[int, typer.Option("--seed", help="Sample i is drawn from seed + i.")] = 0,
     batch_size: Annotated[
         int | None,
-        typer.Option("--batch-size", help="Volumes denoised at once (default: sample.batch_size).")
+        typer.Option("--batch-size", help="Volumes denoised at once (default: sample.batch_size)."),
     ] = None,
     checkpoint: Annotated[
         str, typer.Option("--checkpoint", help="latest, step-N, or a checkpoint folder.")
@@ -203,9 +230,23 @@ def sample(
 
     with _sampling_progress() as (on_volumes, on_step):
         sample_to_folder(
-            run_dir, output, num, checkpoint=checkpoint, sampler=sampler, steps=steps, eta=eta, seed=seed,
-            batch_size=batch_size, ema=not no_ema, precision=precision, device=device, fmt=fmt,
-            overwrite=overwrite, log=console.print, on_volumes=on_volumes, on_step=on_step,
+            run_dir,
+            output,
+            num,
+            checkpoint=checkpoint,
+            sampler=sampler,
+            steps=steps,
+            eta=eta,
+            seed=seed,
+            batch_size=batch_size,
+            ema=not no_ema,
+            precision=precision,
+            device=device,
+            fmt=fmt,
+            overwrite=overwrite,
+            log=console.print,
+            on_volumes=on_volumes,
+            on_step=on_step,
         )
 
 
@@ -221,8 +262,12 @@ def _sampling_progress():
     @contextlib.contextmanager
     def context():
         progress = Progress(
-            TextColumn("[bold]{task.description:>7}"), BarColumn(), MofNCompleteColumn(),
-            TimeRemainingColumn(), console=console, transient=False,
+            TextColumn("[bold]{task.description:>7}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
         )
         volumes = progress.add_task("volumes", total=None)
         steps = progress.add_task("steps", total=None)
@@ -286,8 +331,17 @@ def evaluate(
 
     with console.status("Evaluating"):  # transient: an error stays one line
         result = run_evaluation(
-            real_dir, synth_dir, output, run_dir=run, features=features, feature_weights=feature_weights,
-            max_pairs=max_pairs, seed=seed, save_features=save_features, device=device, overwrite=overwrite,
+            real_dir,
+            synth_dir,
+            output,
+            run_dir=run,
+            features=features,
+            feature_weights=feature_weights,
+            max_pairs=max_pairs,
+            seed=seed,
+            save_features=save_features,
+            device=device,
+            overwrite=overwrite,
             log=console.print,
         )
     Console(highlight=False).print(summary_table(result.metrics))
@@ -334,9 +388,20 @@ def demo(
     budget = 60 * (DEFAULT_MINUTES if minutes is None else minutes)
     with _demo_training_progress(budget) as on_step, _sampling_progress() as (on_volumes, on_sample_step):
         result = run_demo(
-            output, minutes, device=device, config=config, overrides=set_ or [], image_size=image_size,
-            n_subjects=subjects, num_samples=num, seed=seed, overwrite=overwrite, log=console.print,
-            on_step=on_step, on_volumes=on_volumes, on_sample_step=on_sample_step,
+            output,
+            minutes,
+            device=device,
+            config=config,
+            overrides=set_ or [],
+            image_size=image_size,
+            n_subjects=subjects,
+            num_samples=num,
+            seed=seed,
+            overwrite=overwrite,
+            log=console.print,
+            on_step=on_step,
+            on_volumes=on_volumes,
+            on_sample_step=on_sample_step,
         )
     Console(highlight=False).print(summary_table(result.metrics))
     took = (time.perf_counter() - started) / 60
@@ -358,8 +423,13 @@ def _demo_training_progress(budget_seconds: float):
     @contextlib.contextmanager
     def context():
         progress = Progress(
-            TextColumn("[bold]  train"), BarColumn(), TextColumn("step {task.fields[step]}"),
-            TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=console, transient=False,
+            TextColumn("[bold]  train"),
+            BarColumn(),
+            TextColumn("step {task.fields[step]}"),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
         )
         task = None
 
@@ -404,8 +474,13 @@ def info(path: Annotated[Path, typer.Argument(help="A NIfTI file, or a folder of
             table.add_row(name, "", "", "", "", "", f"[red]{str(e).removeprefix(f'{f}: ')}")
             continue
         table.add_row(
-            name, "x".join(map(str, s.shape)), " x ".join(f"{v:.3g}" for v in s.spacing), s.axcodes, s.dtype,
-            f"{s.intensity_min:.4g} .. {s.intensity_max:.4g}", "; ".join(s.warnings),
+            name,
+            "x".join(map(str, s.shape)),
+            " x ".join(f"{v:.3g}" for v in s.spacing),
+            s.axcodes,
+            s.dtype,
+            f"{s.intensity_min:.4g} .. {s.intensity_max:.4g}",
+            "; ".join(s.warnings),
         )
     Console(highlight=False).print(table)
     if bad:
@@ -457,7 +532,9 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(e.exit_code)
         if _state["debug"]:
             raise
-        console.print(f"[red]unexpected error:[/] {type(e).__name__}: {e} (rerun with --debug for the traceback)")
+        console.print(
+            f"[red]unexpected error:[/] {type(e).__name__}: {e} (rerun with --debug for the traceback)"
+        )
         sys.exit(1)
 
 
