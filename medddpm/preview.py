@@ -56,7 +56,8 @@ def save_montage(
             axes[row][0].set_ylabel(titles[row], fontsize=8)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
+    # Leave room above the view titles for the figure title (about 0.4 inch).
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()) if suptitle else None)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
