@@ -1,0 +1,98 @@
+"""The benchmark scripts run end to end at their smallest settings (correctness only, no timing)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    """Import benchmarks/<name>.py as a module (the folder is not a package)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while it is being executed
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a small shared machine two OpenMP threads mostly wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_bench_train_smallest(tmp_path: Path, capsys):
+    bench = load("bench_train")
+    out = tmp_path / "train.json"
+    args = ["--config", "tiny", "--sizes", "16", "--steps", "1", "--repeats", "1", "--warmup", "1"]
+    args += ["--ref-workers", "0", "--num-scans", "2", "--device", "cpu", "--flops", "--json", str(out)]
+    (result,) = bench.main(args)
+    assert [s.name for s in result.sides] == ["tutorial", "medddpm"]
+    assert all(s.steps_per_s > 0 and s.peak_memory_gib > 0 for s in result.sides)
+    assert result.ratio == result.sides[1].ratio > 0 and result.sides[1].cpu_ratio > 0
+    assert result.flops_per_step > 0
+    assert "channels-last" in result.precision["medddpm"]  # the layout training picks on CPU
+    saved = json.loads(out.read_text())
+    assert saved["machine"]["nproc"] >= 1 and saved["results"][0]["size"] == 16
+    assert "ratio medddpm / tutorial" in capsys.readouterr().out
+
+
+def test_model_flops_counts_forward_and_backward():
+    from medddpm.config import build_config
+
+    bench = load("bench_train")
+    cfg = build_config("tiny", ["train.batch_size=1"])
+    one = bench.model_flops(cfg)
+    cfg2 = build_config("tiny", ["train.batch_size=2"])
+    assert bench.model_flops(cfg2) == pytest.approx(2 * one, rel=0.01)  # linear in the batch
+
+
+def test_bench_data_smallest(tmp_path: Path):
+    bench = load("bench_data")
+    args = ["--config", "tiny", "--size", "16", "--steps", "1", "--repeats", "1", "--num-scans", "2"]
+    args += ["--batch-size", "1", "--assembly-iterations", "3", "--device", "cpu"]
+    args += ["--json", str(tmp_path / "d.json")]
+    result = bench.main(args)
+    assert set(result["median_step_seconds"]) == {"cached NIfTI", "in memory"}
+    assert all(t > 0 for t in result["assembly_seconds"].values())
+    assert json.loads((tmp_path / "d.json").read_text())["size"] == 16
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils timeout")
+def test_gpu_check_dry_run(tmp_path: Path):
+    env = dict(os.environ, GPU_CHECK_DRY="1", OUT=str(tmp_path), PYTHON=sys.executable)
+    proc = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh")], env=env, capture_output=True, text=True, timeout=2100
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    log = (tmp_path / "gpu_check.log").read_text()
+    stages = [
+        "train_bf16_compile",
+        "train_bf16_compile_checkpointing",
+        "train_vs_fp32_tutorial",
+        "train_layouts",
+    ]
+    for stage in stages:
+        assert f"== {stage}: exit 0" in log, log[-3000:]
+        assert json.loads((tmp_path / f"{stage}.json").read_text())["results"][0]["ratio"] > 0
+    assert "== data: exit 0" in log
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "ratio medddpm / tutorial" in summary
