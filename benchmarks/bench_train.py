@@ -376,9 +376,15 @@ def bench_size(size: int, args: argparse.Namespace, device: torch.device, work: 
     tutorial.label = ("fp16 autocast" if ref_amp else "fp32") + " NCDHW"
     medddpm = MedddpmStep(cfg, files, device, work / f"cache_{size}", MEMORY_FORMATS[args.memory_format])
     sides = [tutorial, medddpm]
-    if args.compare_layouts:
-        other = torch.contiguous_format if medddpm.layout == "channels-last" else torch.channels_last_3d
-        sides.append(MedddpmStep(cfg, files, device, work / f"cache_{size}", other, name="medddpm-2"))
+    if args.compare_layouts or args.compare_set:
+        # Side medddpm-2: the same, in the other layout and/or with further config overrides.
+        other = MEMORY_FORMATS[args.memory_format]
+        if args.compare_layouts:
+            other = torch.contiguous_format if medddpm.layout == "channels-last" else torch.channels_last_3d
+        cfg2 = build_config(args.config, [*args.set, *args.compare_set], flags)
+        second = MedddpmStep(cfg2, files, device, work / f"cache_{size}", other, name="medddpm-2")
+        second.label += "".join(f" {kv}" for kv in args.compare_set)
+        sides.append(second)
     warmup = args.warmup if args.warmup is not None else 1 + int(args.compile)
     for side in sides:
         t0 = time.perf_counter()
@@ -442,7 +448,7 @@ def bench_size(size: int, args: argparse.Namespace, device: torch.device, work: 
 
 def report(results: list[SizeResult], device: torch.device) -> str:
     lines = [
-        f"{'size':>5} {'side':<10} {'precision':<28} {'steps/s':>9} {'s/step':>8} {'CPU s':>8} "
+        f"{'size':>5} {'side':<10} {'precision':<34} {'steps/s':>9} {'s/step':>8} {'CPU s':>8} "
         f"{'peak GiB':>9} {'TFLOP/s':>8} {'% of 989':>8}  ratio vs tutorial"
     ]
     for r in results:
@@ -457,7 +463,7 @@ def report(results: list[SizeResult], device: torch.device) -> str:
                 if s.cpu_ratio is not None:
                     ratio += f"; CPU time {s.cpu_ratio:.3f}"
             lines.append(
-                f"{r.size:>4}³ {s.name:<10} {r.precision[s.name]:<28} {s.steps_per_s:>9.4g} "
+                f"{r.size:>4}³ {s.name:<10} {r.precision[s.name]:<34} {s.steps_per_s:>9.4g} "
                 f"{1 / s.steps_per_s:>8.3g} {s.cpu_seconds_per_step:>8.3g} {peak:>9} {tf:>8} {mfu:>8}{ratio}"
             )
         lines.append(
@@ -496,6 +502,13 @@ def main(argv: list[str] | None = None) -> list[SizeResult]:
         "--compare-layouts",
         action="store_true",
         help="also time medddpm in the other weight layout (side medddpm-2), in the same turns",
+    )
+    parser.add_argument(
+        "--compare-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also time medddpm with this config override (side medddpm-2), in the same turns",
     )
     parser.add_argument(
         "--memory-format",
