@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def time_steps(cfg, sources: dict, device: torch.device, precision: str, n: int, repeats: int) -> dict:
-    """(wall, CPU) seconds per step of one learner fed from each source in turn (A B A B ...), after
+    """(wall, CPU) seconds per step of one learner fed from each source in turn (A B, B A, ...), after
     a warm-up, for every turn."""
     seed_everything(cfg.train.seed)
     dist = Distributed()
@@ -197,8 +197,10 @@ def time_steps(cfg, sources: dict, device: torch.device, precision: str, n: int,
     for dataset in sources.values():
         steps(dataset, 1)  # warm-up
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in sources}
+    order = list(sources.items())
     for turn in range(repeats):
-        for name, dataset in sources.items():
+        # cached first, then in memory first: a load that rises or falls favours neither source.
+        for name, dataset in order if turn % 2 == 0 else order[::-1]:
             times[name].append(steps(dataset, n))
         print(
             f"turn {turn + 1}/{repeats}: "

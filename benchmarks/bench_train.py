@@ -13,7 +13,7 @@ B. medddpm: ``medddpm.training.build_learner`` + ``train_step``, exactly what ``
    gradient clipping, EMA, per-sample generators, the configured precision, compile and gradient
    checkpointing.
 
-After warm-up the two are timed in alternation (A B A B ...), ``--steps`` optimizer steps per turn
+After warm-up the two are timed in alternation (A B, B A, A B, ...), ``--steps`` optimizer steps per turn
 and ``--repeats`` turns each, so that load from other work on the machine hits both alike. Reported:
 the median steps/s of each and the ratio B / A (> 1: medddpm is faster) as the median of the
 per-turn ratios, with their range; also the CPU time of the process per step, and on a CPU the
@@ -400,7 +400,8 @@ def bench_size(size: int, args: argparse.Namespace, device: torch.device, work: 
     rates: dict[str, list[float]] = {s.name: [] for s in sides}
     cpu: dict[str, list[float]] = {s.name: [] for s in sides}
     for turn in range(args.repeats):
-        for side in sides:
+        # A B, then B A: a load that rises or falls during the run favours neither side.
+        for side in sides if turn % 2 == 0 else sides[::-1]:
             sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
