@@ -13,7 +13,8 @@
    - MMD² on the features of a fixed-seed random ResNet-10 (medddpm.features, random init);
    - MMD² on shape statistics (foreground fraction, foreground mean and spread, bounding-box fill,
      centroid offset), standardised by set A;
-   - the fraction of samples that are a clean sphere or a clean cube (the two modes), and "other".
+   - the mode balance: the fraction of samples whose single object is bright (the sphere mode),
+     grey (the cube mode), or that are not one object ("other").
    Real set B against A gives the noise floor of each MMD at this sample size.
 
 Usage (from the repository root):
@@ -85,7 +86,7 @@ def to_model_space(hu: np.ndarray) -> np.ndarray:
 # 2. Training
 
 
-def train_model(out: Path, steps: int, n_train: int, prediction: str, log) -> Path:
+def train_model(out: Path, steps: int, n_train: int, prediction: str, device: torch.device, log) -> Path:
     from medddpm.checkpoint import list_checkpoints, open_checkpoint
     from medddpm.config import build_config
     from medddpm.training import train
@@ -118,8 +119,8 @@ def train_model(out: Path, steps: int, n_train: int, prediction: str, log) -> Pa
         f"train.checkpoint_every={steps}",
         "train.log_every=50",
         "train.preview_every=0",
-        "train.device=cpu",
-        "train.precision=fp32",
+        f"train.device={device.type}",
+        "train.precision=auto",  # fp32 on CPU, bf16 on CUDA
     ]
     cfg = build_config(None, overrides, {"train.max_steps": steps})
     t0 = time.perf_counter()
@@ -149,25 +150,26 @@ def shape_statistics(x: np.ndarray) -> np.ndarray:
 
 
 def classify(x: np.ndarray) -> np.ndarray:
-    """'sphere', 'cube' or 'other' per volume: a clean single object of one of the two modes.
+    """'bright', 'grey' or 'other' per volume: which mode's intensity its single object has.
 
-    Clean: one connected foreground object (> 95% of foreground voxels) of a size the data has
-    (1.5% to 20% of the volume), flat inside (std < 0.2). Then a voxelised ball fills about 52%
-    of its bounding box and is bright (0.8 in model space); a cube fills all of it and is mid-grey (0.0).
+    One object: the largest connected foreground component (> -0.5) holds at least 90% of the
+    foreground and 1% to 25% of the volume; anything else is 'other'. Its median intensity then
+    picks the nearer mode: spheres are 0.8 in model space and cubes 0.0, so the cut is at 0.4.
+    How well shapes are drawn shows in the shape-statistics MMD, not here.
     """
     from scipy import ndimage
 
     labels = []
-    for v, (fraction, mean, std, fill, _) in zip(x, shape_statistics(x), strict=True):
-        components, n = ndimage.label(v > -0.5)
-        largest = np.bincount(components.ravel())[1:].max() if n else 0
-        clean = n and largest >= 0.95 * (v > -0.5).sum() and 0.015 <= fraction <= 0.2 and std < 0.2
-        if clean and mean > 0.5 and 0.35 < fill < 0.75:
-            labels.append("sphere")
-        elif clean and abs(mean) < 0.3 and fill >= 0.75:
-            labels.append("cube")
-        else:
+    for v in x:
+        foreground = v > -0.5
+        components, n = ndimage.label(foreground)
+        sizes = np.bincount(components.ravel())[1:] if n else np.zeros(1, dtype=int)
+        largest = components == 1 + int(sizes.argmax())
+        one_object = n and sizes.max() >= 0.9 * foreground.sum() and 0.01 <= largest.mean() <= 0.25
+        if not one_object:
             labels.append("other")
+        else:
+            labels.append("bright" if np.median(v[largest]) >= 0.4 else "grey")
     return np.asarray(labels)
 
 
@@ -198,27 +200,33 @@ class Quality:
         return {
             "mmd_net": mmd(self.a_net, self._net_features(x), bandwidth=self.sigma_net),
             "mmd_stats": mmd(self.a_stats, stats, bandwidth=self.sigma_stats),
-            "sphere": float((labels == "sphere").mean()),
-            "cube": float((labels == "cube").mean()),
+            "bright": float((labels == "bright").mean()),
+            "grey": float((labels == "grey").mean()),
             "other": float((labels == "other").mean()),
         }
 
 
-def draw(run: Path, sampler: str, steps: int, seeds: list[int], batch_size: int) -> tuple[np.ndarray, float]:
+def draw(
+    run: Path, sampler: str, steps: int, seeds: list[int], batch_size: int, device: torch.device
+) -> tuple[np.ndarray, float]:
     """Samples [N, 16, 16, 16] in model space and seconds per volume (network + sampler, no file I/O)."""
     from medddpm.checkpoint import load_weights, open_checkpoint, resolve_checkpoint
     from medddpm.diffusion import NoiseSchedule
     from medddpm.generation import generate
+    from medddpm.runtime import resolve_precision
     from medddpm.unet import build_unet
 
     ckpt = open_checkpoint(resolve_checkpoint("latest", run))
     model = build_unet(ckpt.config.model)
     load_weights(model, ckpt.weights(ema=True), ckpt.path / "ema.safetensors")
     schedule = NoiseSchedule.from_config(ckpt.config.diffusion)
+    model.to(device)
+    precision = resolve_precision("auto", device)
     t0 = time.perf_counter()
     volumes = generate(
-        model, schedule, ckpt.config.data.image_size, seeds, sampler, steps, batch_size=batch_size
-    )
+        model, schedule, ckpt.config.data.image_size, seeds, sampler, steps, batch_size=batch_size,
+        device=device, precision=precision,
+    )  # fmt: skip
     seconds = (time.perf_counter() - t0) / len(seeds)
     return torch.stack(volumes)[:, 0].numpy(), seconds
 
@@ -227,7 +235,9 @@ def draw(run: Path, sampler: str, steps: int, seeds: list[int], batch_size: int)
 # Report
 
 
-def machine() -> str:
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
     model = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -243,19 +253,19 @@ def machine() -> str:
 
 def table(rows: list[dict], ref: dict, floor: dict) -> str:
     lines = [
-        "| sampler | steps | s / volume | speed-up vs ddpm-1000 | MMD² random ResNet-10 | MMD² shape stats "
-        "| spheres / cubes / other |",
+        f"| sampler | steps | s / volume | speed-up vs {ref['sampler']}-{ref['steps']} "
+        "| MMD² random ResNet-10 | MMD² shape stats | bright (sphere) / grey (cube) / other |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['sampler']} | {r['steps']} | {r['seconds']:.3f} | {ref['seconds'] / r['seconds']:.1f}x "
             f"| {r['mmd_net']:.4f} | {r['mmd_stats']:.4f} "
-            f"| {r['sphere']:.0%} / {r['cube']:.0%} / {r['other']:.0%} |"
+            f"| {r['bright']:.0%} / {r['grey']:.0%} / {r['other']:.0%} |"
         )
     lines.append(
         f"| real set B (noise floor) | - | - | - | {floor['mmd_net']:.4f} | {floor['mmd_stats']:.4f} "
-        f"| {floor['sphere']:.0%} / {floor['cube']:.0%} / {floor['other']:.0%} |"
+        f"| {floor['bright']:.0%} / {floor['grey']:.0%} / {floor['other']:.0%} |"
     )
     return "\n".join(lines)
 
@@ -279,6 +289,7 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=32, help="samples per setting (and volumes per real set)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--only", nargs="*", default=None, help="settings such as dpm++-25 (default: all)")
     parser.add_argument("--write-results", action="store_true", help="update benchmarks/RESULTS.md")
     args = parser.parse_args()
@@ -288,7 +299,10 @@ def main() -> None:
     load_start = os.getloadavg()
     started = datetime.datetime.now().astimezone()
 
-    run = train_model(args.out, args.train_steps, args.n_train, args.prediction, log)
+    from medddpm.runtime import resolve_device, resolve_precision
+
+    device = resolve_device(args.device)
+    run = train_model(args.out, args.train_steps, args.n_train, args.prediction, device, log)
     real_a = to_model_space(toy_set(seed=2, n=args.num))
     real_b = to_model_space(toy_set(seed=3, n=args.num))
     quality = Quality(real_a, real_b)
@@ -298,7 +312,8 @@ def main() -> None:
     rows = []
     settings = [s for s in SETTINGS if args.only is None or f"{s[0]}-{s[1]}" in args.only]
     for sampler, steps in settings:
-        volumes, seconds = draw(run, sampler, steps, seeds, args.batch_size)
+        volumes, seconds = draw(run, sampler, steps, seeds, args.batch_size, device)
+        np.save(args.out / f"samples-{sampler}-{steps}.npy", volumes)
         row = {"sampler": sampler, "steps": steps, "seconds": seconds, **quality(volumes)}
         rows.append(row)
         log(f"{sampler}-{steps}: {seconds:.3f} s/volume, {row}")
@@ -316,12 +331,13 @@ def main() -> None:
             "## Sampling: speed and quality per sampler (`bench_sampling.py`)",
             "",
             f"- Date: {started:%Y-%m-%d %H:%M %Z}",
-            f"- Machine: {machine()}",
+            f"- Machine: {machine(device)}",
             f"- Load average (1 min) at start / end: {load_start[0]:.1f} / {load_end[0]:.1f}",
             f"- Command: `{command}`",
             f"- Model: U-Net channels {CHANNELS}, attention at 8³, {args.prediction}-prediction, linear "
             f"schedule T = 1000, trained {args.train_steps} steps (batch 8) on {args.n_train} toy volumes "
-            "(16³, spheres 800 HU / cubes 0 HU on air); EMA weights, fp32, CPU.",
+            f"(16³, spheres 800 HU / cubes 0 HU on air); EMA weights, {device.type} "
+            f"{resolve_precision('auto', device)}.",
             f"- {args.num} samples per setting (seeds 10000..), batch {args.batch_size}; "
             "MMD² (unbiased, RBF, bandwidth fixed by the median heuristic on the real sets) against "
             f"{args.num} held-out real volumes.",
