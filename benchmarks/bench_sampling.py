@@ -11,8 +11,8 @@
 4. Quality proxies, each against held-out set A, with one fixed RBF bandwidth per feature set
    (median heuristic on the real sets A and B, so every row uses the same kernel):
    - MMD² on the features of a fixed-seed random ResNet-10 (medddpm.features, random init);
-   - MMD² on shape statistics (foreground fraction, foreground mean and spread, bounding-box fill,
-     centroid offset), standardised by set A;
+   - MMD² on shape statistics (foreground fraction and mean, bounding-box fill, centroid offset),
+     standardised by set A;
    - the mode balance: the fraction of samples whose single object is bright (the sphere mode),
      grey (the cube mode), or that are not one object ("other").
    Real set B against A gives the noise floor of each MMD at this sample size.
@@ -45,8 +45,16 @@ SIZE = 16
 CHANNELS = (8, 16)
 """U-Net channels per level (attention at the coarser, 8³): small enough to train in minutes on a CPU."""
 AIR, SPHERE_HU, CUBE_HU = -1000.0, 800.0, 0.0
-SETTINGS = [("ddpm", 1000), ("ddim", 50), ("ddim", 20), ("dpm++", 25), ("dpm++", 10)]
-REFERENCE = ("ddpm", 1000)
+SETTINGS = [
+    ("ddpm", 1000, None),
+    ("ddim", 50, None),
+    ("ddim", 20, None),
+    ("dpm++", 25, None),
+    ("dpm++", 10, None),
+    ("dpm++", 25, 1.0),
+]
+"""(sampler, steps, eta); eta None is the sampler's own (ddpm 1, ddim 0, dpm++ 0 = the ODE solver)."""
+REFERENCE = "ddpm-1000"
 RESULTS = Path(__file__).parent / "RESULTS.md"
 START, END = "<!-- bench_sampling:start -->", "<!-- bench_sampling:end -->"
 
@@ -134,18 +142,22 @@ def train_model(out: Path, steps: int, n_train: int, prediction: str, device: to
 
 
 def shape_statistics(x: np.ndarray) -> np.ndarray:
-    """Per volume [N, 5]: foreground fraction, foreground mean and std, bounding-box fill, centroid offset."""
+    """Per volume [N, 4]: foreground (> -0.5) fraction and mean, bounding-box fill, centroid offset (voxels).
+
+    No feature is constant over the real data (the foreground's spread would be: every real object
+    is flat), so each can be standardised by the real set's spread.
+    """
     out = []
     for v in x:
         fg = v > -0.5
         n = int(fg.sum())
         if n == 0:
-            out.append([0.0, -1.0, 0.0, 0.0, 0.0])
+            out.append([0.0, -1.0, 0.0, 0.0])
             continue
         idx = np.argwhere(fg)
         box = np.prod(idx.max(0) - idx.min(0) + 1)
         centroid = idx.mean(0) - (SIZE - 1) / 2
-        out.append([n / v.size, v[fg].mean(), v[fg].std(), n / box, np.linalg.norm(centroid)])
+        out.append([n / v.size, v[fg].mean(), n / box, np.linalg.norm(centroid)])
     return np.asarray(out, dtype=np.float64)
 
 
@@ -183,7 +195,7 @@ class Quality:
         self.net = build_feature_extractor("resnet10", seed=0)
         self.a_net = self._net_features(real_a)
         self.a_stats_raw = shape_statistics(real_a)
-        self.mu, self.sd = self.a_stats_raw.mean(0), self.a_stats_raw.std(0) + 1e-8
+        self.mu, self.sd = self.a_stats_raw.mean(0), self.a_stats_raw.std(0)
         self.a_stats = (self.a_stats_raw - self.mu) / self.sd
         b_net, b_stats = self._net_features(real_b), (shape_statistics(real_b) - self.mu) / self.sd
         self.sigma_net = median_heuristic_bandwidth(self.a_net, b_net)
@@ -206,8 +218,18 @@ class Quality:
         }
 
 
+def setting_name(sampler: str, steps: int, eta: float | None) -> str:
+    return f"{sampler}-{steps}" + ("" if eta is None else f"-eta{eta:g}")
+
+
 def draw(
-    run: Path, sampler: str, steps: int, seeds: list[int], batch_size: int, device: torch.device
+    run: Path,
+    sampler: str,
+    steps: int,
+    eta: float | None,
+    seeds: list[int],
+    batch_size: int,
+    device: torch.device,
 ) -> tuple[np.ndarray, float]:
     """Samples [N, 16, 16, 16] in model space and seconds per volume (network + sampler, no file I/O)."""
     from medddpm.checkpoint import load_weights, open_checkpoint, resolve_checkpoint
@@ -224,8 +246,8 @@ def draw(
     precision = resolve_precision("auto", device)
     t0 = time.perf_counter()
     volumes = generate(
-        model, schedule, ckpt.config.data.image_size, seeds, sampler, steps, batch_size=batch_size,
-        device=device, precision=precision,
+        model, schedule, ckpt.config.data.image_size, seeds, sampler, steps, eta=eta,
+        batch_size=batch_size, device=device, precision=precision,
     )  # fmt: skip
     seconds = (time.perf_counter() - t0) / len(seeds)
     return torch.stack(volumes)[:, 0].numpy(), seconds
@@ -253,18 +275,19 @@ def machine(device: torch.device) -> str:
 
 def table(rows: list[dict], ref: dict, floor: dict) -> str:
     lines = [
-        f"| sampler | steps | s / volume | speed-up vs {ref['sampler']}-{ref['steps']} "
+        f"| sampler | steps | eta | s / volume | speed-up vs {ref['name']} "
         "| MMD² random ResNet-10 | MMD² shape stats | bright (sphere) / grey (cube) / other |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['sampler']} | {r['steps']} | {r['seconds']:.3f} | {ref['seconds'] / r['seconds']:.1f}x "
+            f"| {r['sampler']} | {r['steps']} | {r['eta']:g} | {r['seconds']:.3f} "
+            f"| {ref['seconds'] / r['seconds']:.1f}x "
             f"| {r['mmd_net']:.4f} | {r['mmd_stats']:.4f} "
             f"| {r['bright']:.0%} / {r['grey']:.0%} / {r['other']:.0%} |"
         )
     lines.append(
-        f"| real set B (noise floor) | - | - | - | {floor['mmd_net']:.4f} | {floor['mmd_stats']:.4f} "
+        f"| real set B (noise floor) | - | - | - | - | {floor['mmd_net']:.4f} | {floor['mmd_stats']:.4f} "
         f"| {floor['bright']:.0%} / {floor['grey']:.0%} / {floor['other']:.0%} |"
     )
     return "\n".join(lines)
@@ -290,7 +313,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--only", nargs="*", default=None, help="settings such as dpm++-25 (default: all)")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="settings such as dpm++-25 or dpm++-25-eta1 (default: all)"
+    )
     parser.add_argument("--write-results", action="store_true", help="update benchmarks/RESULTS.md")
     args = parser.parse_args()
     if args.threads:
@@ -310,17 +335,21 @@ def main() -> None:
     seeds = list(range(10_000, 10_000 + args.num))
 
     rows = []
-    settings = [s for s in SETTINGS if args.only is None or f"{s[0]}-{s[1]}" in args.only]
-    for sampler, steps in settings:
-        volumes, seconds = draw(run, sampler, steps, seeds, args.batch_size, device)
-        np.save(args.out / f"samples-{sampler}-{steps}.npy", volumes)
-        row = {"sampler": sampler, "steps": steps, "seconds": seconds, **quality(volumes)}
-        rows.append(row)
-        log(f"{sampler}-{steps}: {seconds:.3f} s/volume, {row}")
-        from medddpm.preview import save_montage
+    from medddpm.preview import save_montage
+    from medddpm.sample import sampler_default_eta
 
-        save_montage(list(volumes[:4]), args.out / f"samples-{sampler}-{steps}.png", value_range=(-1, 1))
-    ref = next((r for r in rows if (r["sampler"], r["steps"]) == REFERENCE), rows[0])
+    settings = [s for s in SETTINGS if args.only is None or setting_name(*s) in args.only]
+    for sampler, steps, eta in settings:
+        name = setting_name(sampler, steps, eta)
+        volumes, seconds = draw(run, sampler, steps, eta, seeds, args.batch_size, device)
+        np.save(args.out / f"samples-{name}.npy", volumes)
+        used_eta = sampler_default_eta(sampler) if eta is None else eta
+        row = {"name": name, "sampler": sampler, "steps": steps, "eta": used_eta, "seconds": seconds}
+        row.update(quality(volumes))
+        rows.append(row)
+        log(f"{name}: {seconds:.3f} s/volume, {row}")
+        save_montage(list(volumes[:4]), args.out / f"samples-{name}.png", value_range=(-1, 1))
+    ref = next((r for r in rows if r["name"] == REFERENCE), rows[0])
     load_end = os.getloadavg()
     result = table(rows, ref, floor)
     command = " ".join(
