@@ -381,7 +381,10 @@ def bench_size(size: int, args: argparse.Namespace, device: torch.device, work: 
         other = MEMORY_FORMATS[args.memory_format]
         if args.compare_layouts:
             other = torch.contiguous_format if medddpm.layout == "channels-last" else torch.channels_last_3d
-        cfg2 = build_config(args.config, [*args.set, *args.compare_set], flags)
+        # its overrides beat this script's flags (--compile, --checkpointing, ...)
+        set_here = {kv.partition("=")[0].strip() for kv in args.compare_set}
+        flags2 = {k: v for k, v in flags.items() if k not in set_here}
+        cfg2 = build_config(args.config, [*args.set, *args.compare_set], flags2)
         second = MedddpmStep(cfg2, files, device, work / f"cache_{size}", other, name="medddpm-2")
         second.label += "".join(f" {kv}" for kv in args.compare_set)
         sides.append(second)
