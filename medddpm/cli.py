@@ -2,7 +2,7 @@
 
 Heavy imports (torch, MONAI) happen inside the commands so that ``--help`` is instant.
 Exit codes: 0 success, 1 unexpected failure, 2 bad input or usage (one line, no traceback unless
-``--debug``), 130 interrupted.
+``--debug``), 130 interrupted (143 when SIGTERM stopped `train`).
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def train(
             on_step=on_step,
         )
     if result.interrupted:
-        raise typer.Exit(130)
+        raise typer.Exit(128 + (result.signal or 2))  # the shell's convention: 130 Ctrl-C, 143 SIGTERM
     if _is_main_process():
         console.print(f"[green]Done:[/] step {result.step}, checkpoint {result.checkpoint}")
 

@@ -80,6 +80,8 @@ class TrainResult:
     step: int
     checkpoint: Path | None
     interrupted: bool = False
+    signal: int | None = None
+    """The signal that stopped training early (SIGINT or SIGTERM), when it was one."""
 
 
 def _no_log(message: str) -> None:
@@ -521,20 +523,21 @@ def train(
             samples_seen += effective
             out_of_time = _out_of_time(tc.max_minutes, time.perf_counter() - t0, dist, device)
 
-            if step % tc.log_every == 0 or step == tc.max_steps or out_of_time:
-                if dist.enabled:
-                    t = torch.tensor([loss_sum], device=device)
-                    torch.distributed.all_reduce(t)
-                    loss_sum = float(t) / dist.world_size
-                entry = StepLog(
-                    step,
-                    tc.max_steps,
-                    loss_sum,
-                    scheduler.get_last_lr()[0],
-                    grad_norm,
-                    nonfinite_total,
-                    time.perf_counter() - t0,
-                )
+            logged = step % tc.log_every == 0 or step == tc.max_steps or out_of_time
+            if logged and dist.enabled:
+                t = torch.tensor([loss_sum], device=device)
+                torch.distributed.all_reduce(t)
+                loss_sum = float(t) / dist.world_size
+            entry = StepLog(
+                step,
+                tc.max_steps,
+                loss_sum,
+                scheduler.get_last_lr()[0],
+                grad_norm,
+                nonfinite_total,
+                time.perf_counter() - t0,
+            )
+            if logged:
                 if metrics is not None:
                     metrics.write(entry)
                 if writer is not None:
@@ -542,19 +545,9 @@ def train(
                     writer.add_scalar("lr", entry.lr, step)
             if on_step is not None and dist.is_main:
                 try:
-                    on_step(
-                        StepLog(
-                            step,
-                            tc.max_steps,
-                            loss_sum,
-                            scheduler.get_last_lr()[0],
-                            grad_norm,
-                            nonfinite_total,
-                            time.perf_counter() - t0,
-                        )
-                    )
+                    on_step(entry)
                 except KeyboardInterrupt:  # a callback's interrupt: the same as Ctrl-C
-                    stop.requested = True
+                    stop.request(signal.SIGINT)
             if stop.agreed(dist, device):
                 raise KeyboardInterrupt
             if step % tc.checkpoint_every == 0 or step == tc.max_steps or out_of_time:
@@ -570,11 +563,13 @@ def train(
         if stop.forced:
             raise
         last_checkpoint = checkpoint_now() or last_checkpoint
+        by = " (SIGTERM)" if stop.signal == signal.SIGTERM else ""
         log(
-            f"Interrupted at step {step}; checkpoint saved in {last_checkpoint}. "
+            f"Interrupted at step {step}{by}; checkpoint saved in {last_checkpoint}. "
             f"Continue with: medddpm train {data_dir} --output {run_dir} --resume"
         )
-        return TrainResult(run_dir, step, last_checkpoint, interrupted=True)
+        by_signal = stop.signal or signal.SIGINT  # None: another process's signal, or a KeyboardInterrupt
+        return TrainResult(run_dir, step, last_checkpoint, interrupted=True, signal=by_signal)
     finally:
         stop.stop_listening()
         if writer is not None:
@@ -583,33 +578,45 @@ def train(
 
 
 class StopRequest:
-    """Ctrl-C while training. The first one asks to stop once the current step is done; every
-    process then stops after the same step, so the checkpoint written on the way out is
-    consistent (under torchrun, which passes Ctrl-C on to each process, a signal can arrive in the
-    middle of a step or of a collective). A second Ctrl-C stops at once, without a checkpoint.
+    """Ctrl-C (SIGINT) or SIGTERM (what a batch scheduler such as SLURM sends before it kills a job,
+    and what ``kill`` sends) while training. The first one asks to stop once the current step is
+    done; every process then stops after the same step, so the checkpoint written on the way out
+    is consistent (under torchrun, which passes signals on to each process, one can arrive in the
+    middle of a step or of a collective). A second one stops at once, without a checkpoint.
     """
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
     def __init__(self) -> None:
-        self.requested = False
+        self.signal: int | None = None
         self.forced = False
-        self._previous = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def request(self, signum: int) -> None:
+        if self.signal is None:
+            self.signal = signum
 
     def listen(self) -> None:
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: Ctrl-C keeps Python's own behaviour
-            self._previous = None
+        for signum in self.SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: signals keep Python's own behaviour
+                break
 
     def stop_listening(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
             self.forced = True
             raise KeyboardInterrupt
-        self.requested = True
+        self.request(signum)
 
     def agreed(self, dist: Distributed, device: torch.device) -> bool:
         """Whether any process was asked to stop; a collective under torchrun, so all answer alike."""

@@ -1,7 +1,8 @@
 """Crash safety of ``medddpm train``: SIGKILL at any moment leaves the newest complete checkpoint
-loadable and ``--resume`` carries on from it; Ctrl-C (SIGINT) writes a checkpoint and exits 130.
+loadable and ``--resume`` carries on from it; Ctrl-C (SIGINT) and SIGTERM write a checkpoint and exit
+128 + the signal's number.
 
-Real processes (``python -m medddpm train ... --config tiny``), killed from here. The three are
+Real processes (``python -m medddpm train ... --config tiny``), killed from here. The four are
 started together (their start-up, mostly importing torch and MONAI, overlaps) and each test then
 drives its own; resuming happens in this process, where those imports are already paid for.
 
@@ -88,7 +89,8 @@ def runs(tmp_path_factory) -> dict[str, tuple[subprocess.Popen, Path, Path, Path
         "after_checkpoint": ["-m", "medddpm", *train, *every_step, "--max-steps", "3"],
         # the 4th weights file written is step 2's EMA: stall there, half-way through checkpoint 2
         "during_checkpoint": ["-c", STALL_IN_SAVE, "4", *train, *every_step, "--max-steps", "2"],
-        "sigint": ["-m", "medddpm", *train, "--max-steps", "1000", "--checkpoint-every", "1000"],
+        "SIGINT": ["-m", "medddpm", *train, "--max-steps", "1000", "--checkpoint-every", "1000"],
+        "SIGTERM": ["-m", "medddpm", *train, "--max-steps", "1000", "--checkpoint-every", "1000"],
     }
     started = {}
     for name, command in commands.items():
@@ -176,16 +178,21 @@ def test_sigkill_while_a_checkpoint_is_written(runs, capsys):
     assert metrics_steps(run) == [1, 2]
 
 
-def test_ctrl_c_writes_a_checkpoint_and_exits_130(runs, capsys):
-    process, scans, run, log = runs["sigint"]
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_a_stop_signal_writes_a_checkpoint_and_exits_128_plus_its_number(name, runs, capsys):
+    """Ctrl-C (SIGINT, exit 130) and SIGTERM (a scheduler's or kill's, exit 143) both stop after the
+    current step with a checkpoint that --resume continues from."""
+    process, scans, run, log = runs[name]
     wait_for(lambda: (run / "metrics.csv").is_file() and metrics_steps(run), process, log)
-    process.send_signal(signal.SIGINT)
-    assert process.wait(TIMEOUT) == 130, log.read_text()[-3000:]
+    signum = getattr(signal, name)
+    process.send_signal(signum)
+    assert process.wait(TIMEOUT) == 128 + signum, log.read_text()[-3000:]
     text = squeeze(log.read_text())
     assert "Traceback" not in text
     step, checkpoint = list_checkpoints(run)[-1]
     assert 0 < step < 1000  # written by the interrupt, not on schedule
-    assert squeeze(f"Interrupted at step {step}; checkpoint saved in {checkpoint}") in text
+    by = " (SIGTERM)" if name == "SIGTERM" else ""
+    assert squeeze(f"Interrupted at step {step}{by}; checkpoint saved in {checkpoint}") in text
     assert squeeze(f"Continue with: medddpm train {scans} --output {run} --resume") in text
     assert_loadable(checkpoint)
 
