@@ -314,7 +314,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument(
-        "--only", nargs="*", default=None, help="settings such as dpm++-25 or dpm++-25-eta1 (default: all)"
+        "--only",
+        nargs="*",
+        default=None,
+        help="settings such as dpm++-25 or dpm++-25-eta1 (default: all; none: only train the model)",
     )
     parser.add_argument("--write-results", action="store_true", help="update benchmarks/RESULTS.md")
     args = parser.parse_args()
@@ -339,6 +342,9 @@ def main() -> None:
     from medddpm.sample import sampler_default_eta
 
     settings = [s for s in SETTINGS if args.only is None or setting_name(*s) in args.only]
+    if not settings:  # `--only` with no names: train (or check) the model and stop
+        log(f"no sampler settings selected; the model is in {run}")
+        return
     for sampler, steps, eta in settings:
         name = setting_name(sampler, steps, eta)
         volumes, seconds = draw(run, sampler, steps, eta, seeds, args.batch_size, device)
