@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,3 +97,34 @@ def test_gpu_check_dry_run(tmp_path: Path):
     assert "== data: exit 0" in log
     summary = (tmp_path / "summary.txt").read_text()
     assert "ratio medddpm / tutorial" in summary
+
+
+def test_bench_sampling_quality_proxies_tell_real_from_wrong():
+    """The proxies the sampler table rests on: held-out real data sits at the noise floor, a set of
+    one mode or of shapeless noise does not, and the mode counter sees the real 50/50 split."""
+    bench = load("bench_sampling")
+    real_a = bench.to_model_space(bench.toy_set(seed=2, n=16))
+    real_b = bench.to_model_space(bench.toy_set(seed=3, n=16))
+    real_c = bench.to_model_space(bench.toy_set(seed=4, n=16))
+    quality = bench.Quality(real_a, real_b)
+
+    assert list(bench.classify(real_c)) == ["bright", "grey"] * 8
+    spheres_only = bench.to_model_space(bench.toy_set(seed=5, n=32)[::2])
+    noise = np.random.default_rng(0).uniform(-1, 1, real_c.shape).astype(np.float32)
+    same, one_mode, shapeless = quality(real_c), quality(spheres_only), quality(noise)
+    assert (same["bright"], same["grey"], same["other"]) == (0.5, 0.5, 0.0)
+    assert one_mode["bright"] == 1.0 and shapeless["other"] == 1.0
+    for key in ("mmd_net", "mmd_stats"):
+        assert abs(same[key]) < one_mode[key] < shapeless[key], key
+
+
+def test_bench_sampling_smallest(tmp_path: Path, monkeypatch, capsys):
+    bench = load("bench_sampling")
+    args = ["--out", str(tmp_path), "--train-steps", "2", "--n-train", "4", "--num", "4"]
+    args += ["--batch-size", "4", "--only", "dpm++-10", "dpm++-25-eta1", "--device", "cpu"]
+    monkeypatch.setattr(sys, "argv", ["bench_sampling.py", *args])
+    bench.main()
+    out = capsys.readouterr().out
+    assert "| dpm++ | 10 | 0 |" in out and "| dpm++ | 25 | 1 |" in out and "noise floor" in out
+    assert np.load(tmp_path / "samples-dpm++-10.npy").shape == (4, 16, 16, 16)
+    assert (tmp_path / "run" / "checkpoints" / "step-00000002").is_dir()
