@@ -280,10 +280,9 @@ def run_demo(
     demo runs (None: ``idle_cores()``; the previous setting is restored). ``on_step`` receives
     training's StepLog; ``on_volumes`` and ``on_sample_step`` are sampling's progress callbacks.
     """
-    import torch
-
     from medddpm.config import build_config
     from medddpm.evaluation import evaluate
+    from medddpm.runtime import stopwatch, torch_threads
     from medddpm.sample import sample_to_folder
     from medddpm.training import train
 
@@ -312,47 +311,40 @@ def run_demo(
         raise InputError(f"the demo cohort is a cube: data.image_size must be one number, not {list(size)}")
     check_demo_folder(output, overwrite)
     seconds: dict[str, float] = {}
-    previous_threads = torch.get_num_threads()
+    stage = stopwatch(seconds)
     threads = idle_cores() if threads is None else threads
-    torch.set_num_threads(threads)
-    try:
-        t = time.perf_counter()
-        cohort = make_cohort(output / "cohort", n_subjects, size[0], seed, log=log)
-        seconds["cohort"] = time.perf_counter() - t
+    with torch_threads(threads):
+        with stage("cohort"):
+            cohort = make_cohort(output / "cohort", n_subjects, size[0], seed, log=log)
 
-        t = time.perf_counter()
-        log(f"Training for {minutes:g} minutes ({threads} CPU thread{'s' if threads > 1 else ''}) ...")
-        trained = train(cfg, cohort.train_dir, output / "run", log=log, on_step=on_step)
-        seconds["train"] = time.perf_counter() - t
+        with stage("train"):
+            log(f"Training for {minutes:g} minutes ({threads} CPU thread{'s' if threads > 1 else ''}) ...")
+            trained = train(cfg, cohort.train_dir, output / "run", log=log, on_step=on_step)
         if trained.interrupted or trained.checkpoint is None:
             raise KeyboardInterrupt
 
-        t = time.perf_counter()
-        sampled = sample_to_folder(
-            trained.run_dir,
-            output / "samples",
-            num_samples,
-            seed=seed,
-            device=device,
-            log=log,
-            on_volumes=on_volumes,
-            on_step=on_sample_step,
-        )
-        seconds["sample"] = time.perf_counter() - t
+        with stage("sample"):
+            sampled = sample_to_folder(
+                trained.run_dir,
+                output / "samples",
+                num_samples,
+                seed=seed,
+                device=device,
+                log=log,
+                on_volumes=on_volumes,
+                on_step=on_sample_step,
+            )
 
-        t = time.perf_counter()
-        log(f"Evaluating {num_samples} samples against {len(cohort.heldout)} held-out scans ...")
-        evaluated = evaluate(
-            cohort.heldout_dir,
-            sampled.out_dir,
-            output / "report",
-            run_dir=trained.run_dir,
-            device=device,
-            log=log,
-        )
-        seconds["evaluate"] = time.perf_counter() - t
-    finally:
-        torch.set_num_threads(previous_threads)
+        with stage("evaluate"):
+            log(f"Evaluating {num_samples} samples against {len(cohort.heldout)} held-out scans ...")
+            evaluated = evaluate(
+                cohort.heldout_dir,
+                sampled.out_dir,
+                output / "report",
+                run_dir=trained.run_dir,
+                device=device,
+                log=log,
+            )
 
     previews = sorted((trained.run_dir / "previews").glob("step-*.png"))
     return DemoResult(

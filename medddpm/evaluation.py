@@ -34,7 +34,6 @@ compares whole distributions.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -43,7 +42,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -69,7 +68,7 @@ from medddpm.metrics import (
     prdc,
 )
 from medddpm.nifti import read_scan
-from medddpm.runtime import library_versions, resolve_device
+from medddpm.runtime import library_versions, resolve_device, stopwatch, torch_threads
 
 REPORT_FILES = ("metrics.json", "report.html", "report.md", "features.npz")
 """What a report folder holds besides its PNG figures; --overwrite replaces only such a folder."""
@@ -323,32 +322,9 @@ def extract_features(extractor: FeatureExtractor, volumes: torch.Tensor, workers
     return np.concatenate(parts)
 
 
-def _stopwatch(seconds: dict[str, float], cpu_seconds: dict[str, float]):
-    """``with stage(name):`` records the block's wall and CPU time under ``name``."""
-
-    @contextlib.contextmanager
-    def stage(name: str) -> Iterator[None]:
-        wall, cpu = time.perf_counter(), time.process_time()
-        yield
-        seconds[name] = time.perf_counter() - wall
-        cpu_seconds[name] = time.process_time() - cpu
-
-    return stage
-
-
 def cpu_workers(device: torch.device) -> int:
     """Parallel streams for CPU work: one per torch thread (on CUDA, one stream feeds the device)."""
     return max(1, torch.get_num_threads()) if device.type == "cpu" else 1
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def parallel_map(
@@ -525,7 +501,7 @@ def measure(
     run_dir = None if run_dir is None else Path(run_dir)
     seconds: dict[str, float] = {}
     cpu_seconds: dict[str, float] = {}
-    stage = _stopwatch(seconds, cpu_seconds)
+    stage = stopwatch(seconds, cpu_seconds)
 
     # Options ------------------------------------------------------------------------------------------
     prep, eval_cfg = resolve_preprocessing(run_dir)
@@ -674,18 +650,16 @@ def evaluate(
     metrics, seconds = m.metrics, m.seconds
 
     # 5. Write the report beside its final place, then rename ------------------------------------------
-    t, cpu = time.perf_counter(), time.process_time()
     report_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{report_dir.name}-tmp-", dir=report_dir.parent))
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes the folder private; a report folder is an ordinary one
     try:
-        write_report(tmp, metrics, m.real, m.synthetic, m.ms_ssim_values)
-        if save_features:
-            np.savez_compressed(tmp / "features.npz", **m.features)
-        seconds["report"] = time.perf_counter() - t
-        m.cpu_seconds["report"] = time.process_time() - cpu
+        with stopwatch(seconds, m.cpu_seconds)("report"):
+            write_report(tmp, metrics, m.real, m.synthetic, m.ms_ssim_values)
+            if save_features:
+                np.savez_compressed(tmp / "features.npz", **m.features)
         seconds["total"] = time.perf_counter() - started
         metrics["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")

@@ -9,7 +9,8 @@ import math
 import os
 import platform
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -129,6 +130,32 @@ def autocast(precision: str, device: torch.device):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads, then restore the previous number."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def stopwatch(seconds: dict[str, float], cpu_seconds: dict[str, float] | None = None):
+    """``with stage(name):`` records the block's wall time under ``seconds[name]`` and, when given,
+    its CPU time (all threads of this process) under ``cpu_seconds[name]``."""
+
+    @contextlib.contextmanager
+    def stage(name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        seconds[name] = time.perf_counter() - wall
+        if cpu_seconds is not None:
+            cpu_seconds[name] = time.process_time() - cpu
+
+    return stage
 
 
 def seed_everything(seed: int) -> None:
