@@ -43,12 +43,11 @@ GIB = 2**30
 # CUDA autocast's policy (aten/src/ATen/autocast_mode.cpp) for the functions a DiffusionModelUNet
 # and the loss call, by the name the function mode sees. Anything else runs in its inputs' dtype.
 # tests/test_memory.py checks these sets against torch's own autocast.
-LOW_PRECISION_OPS = {
-    "cuda": {"conv3d", "conv_transpose3d", "linear", "matmul", "einsum", "bmm", "mm", "baddbmm", "addmm",
-             "scaled_dot_product_attention"},
-    "cpu": {"conv3d", "conv_transpose3d", "linear", "matmul", "einsum", "bmm", "mm", "baddbmm", "addmm",
-            "scaled_dot_product_attention"},
+_MATMUL_LIKE = {
+    "conv3d", "conv_transpose3d", "linear", "matmul", "einsum", "bmm", "mm", "baddbmm", "addmm",
+    "scaled_dot_product_attention",
 }  # fmt: skip
+LOW_PRECISION_OPS = {"cuda": _MATMUL_LIKE, "cpu": _MATMUL_LIKE}  # the same on both
 FP32_OPS = {
     "cuda": {"group_norm", "layer_norm", "softmax", "log_softmax", "interpolate", "mse_loss", "exp", "pow"},
     "cpu": {"mse_loss"},
