@@ -28,6 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_train import cpu_model  # noqa: E402
 
 # (gradient checkpointing, flash attention, precision)
 LEVERS = list(itertools.product([False, True], [False, True], ["fp32", "bf16"]))
@@ -173,14 +175,7 @@ def cuda_measurements(preset: str, reduced: bool = False) -> tuple[str, list[dic
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [
-            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line
-        ]
-        cpu = names[0] if names else cpu
-    return f"{os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()}"
+    return f"{os.cpu_count()} CPUs ({cpu_model()}), {platform.system()} {platform.release()}"
 
 
 def main() -> None:

@@ -41,6 +41,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_train import cpu_model  # noqa: E402
+
 SIZE = 16
 CHANNELS = (8, 16)
 """U-Net channels per level (attention at the coarser, 8³): small enough to train in minutes on a CPU."""
@@ -260,14 +263,7 @@ def draw(
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() or str(os.cpu_count())
     threads = torch.get_num_threads()
     return f"{model}, nproc {nproc}, {platform.system()}, torch {torch.__version__} with {threads} thread(s)"

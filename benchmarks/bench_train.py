@@ -64,20 +64,23 @@ H100_BF16_DENSE_TFLOPS = 989.0
 # The machine and the data
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform module knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def machine() -> dict:
     """Where a figure was measured: date, CPU, cores, load, GPU, library versions."""
     import monai
 
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "nproc": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": gpu,
