@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+
+from medddpm.runtime import torch_threads
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -33,10 +34,8 @@ def load(name: str):
 @pytest.fixture(autouse=True)
 def one_thread():
     """One torch thread: on a small shared machine two OpenMP threads mostly wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 def test_bench_train_smallest(tmp_path: Path, capsys):

@@ -27,6 +27,7 @@ import pytest
 
 from medddpm.checkpoint import list_checkpoints, open_checkpoint
 from medddpm.cli import main
+from medddpm.runtime import torch_threads
 from tests.conftest import blob_volume, write_nifti
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,12 +68,8 @@ def _start(args: list[str], log: Path) -> subprocess.Popen:
 @pytest.fixture(autouse=True)
 def one_thread():
     """Resumes run here, beside the training processes: one thread each avoids OpenMP spin-waits."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

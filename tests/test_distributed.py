@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 
 from medddpm.checkpoint import FILES, list_checkpoints
 from medddpm.config import build_config
+from medddpm.runtime import torch_threads
 from medddpm.training import train
 from tests.conftest import blob_volume, write_nifti
 
@@ -151,12 +152,8 @@ def test_sampling_shards_match_one_process(ddp_run, tmp_path: Path):
     common = ["--batch-size", "1", "--steps", "3", "--seed", "7", "--device", "cpu"]
     done = torchrun("sample", str(run), "--output", str(tmp_path / "two"), "-n", "3", *common)
     assert done.returncode == 0, done.stderr[-3000:]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in each torchrun process: the same kernels, the same rounding
-    try:
+    with torch_threads(1):  # as in each torchrun process: the same kernels, the same rounding
         sample_to_folder(run, tmp_path / "one", 3, batch_size=1, steps=3, seed=7, device="cpu")
-    finally:
-        torch.set_num_threads(threads)
     manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["world_size"] == 2
     assert [r["seed"] for r in sorted(manifest["samples"], key=lambda r: r["index"])] == [7, 8, 9]

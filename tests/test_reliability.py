@@ -28,6 +28,7 @@ from medddpm.config import DataConfig, build_config
 from medddpm.data import build_transforms
 from medddpm.errors import InputError
 from medddpm.nifti import read_scan
+from medddpm.runtime import torch_threads
 from medddpm.unet import build_unet
 from tests.conftest import blob_volume, write_nifti
 
@@ -37,10 +38,8 @@ SHAPE = (10, 9, 11)
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny volumes gain nothing from threads, and on a busy machine OpenMP spin-waits cost a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:

@@ -16,9 +16,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from medddpm.cli import main
+from medddpm.runtime import torch_threads
 from medddpm.sample import find_checkpoint, read_output, sample_name, shard
 
 SPACING = (2.0, 2.5, 3.0)  # anisotropic, so a swapped or dropped voxel size shows
@@ -44,10 +44,8 @@ def voxels(folder: Path, index: int, fmt: str = "nii.gz") -> np.ndarray:
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """16³ volumes gain nothing from a second thread; on a busy machine its synchronisation costs 10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
