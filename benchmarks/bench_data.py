@@ -1,7 +1,8 @@
 """Data pipeline cost: a training step fed from NIfTI files through the cache against the same step
 fed from tensors already in memory.
 
-1. Write ``--num-scans`` NIfTI files; ``medddpm.data.build_dataset`` preprocesses and caches them, as
+1. Write ``--num-scans`` NIfTI files; ``medddpm.data.transforms.build_dataset`` preprocesses and
+   caches them, as
    ``train()`` does (the cache is filled before the first step and is not timed).
 2. The same volumes, copied out of the cache, make a plain in-memory list of tensors.
 3. One learner (``build_learner``), stepped with ``train_step`` (which does the batch assembly that
@@ -35,10 +36,10 @@ import torch
 from monai.data import CacheDataset
 
 from medddpm.config import build_config
-from medddpm.data import build_dataset, build_transforms
-from medddpm.diffusion import NoiseSchedule
+from medddpm.data.transforms import build_dataset, build_transforms
+from medddpm.diffusion.schedule import NoiseSchedule
 from medddpm.runtime import Distributed, resolve_device, resolve_precision, seed_everything
-from medddpm.training import batch_indices, build_learner, train_step
+from medddpm.training.loop import batch_indices, build_learner, train_step
 
 MONAI_DEFAULT = "cache with MONAI's default per-item copy"
 

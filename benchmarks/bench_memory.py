@@ -4,7 +4,7 @@
     python benchmarks/bench_memory.py --cuda           # real CUDA peak and step time, 64³ and 128³
     python benchmarks/bench_memory.py --cuda --reduced # the same code path at 8³ (on CPU without a GPU)
 
-1. Estimates (medddpm.memory.estimate_memory, CUDA autocast rules): activations and total peak at
+1. Estimates (medddpm.models.memory.estimate_memory, CUDA autocast rules): activations and total peak at
    64³ and 128³, batch 1, for the ``--config`` model (default ct-128), with gradient checkpointing
    and flash attention each on and off, in fp32 and bf16.
 2. CPU measurements next to the estimate for the same settings (device "cpu" rules): the default
@@ -61,7 +61,7 @@ def lever_label(checkpointing: bool, flash: bool) -> str:
 
 
 def estimates_table(preset: str, sizes: list[int]) -> str:
-    from medddpm.memory import estimate_memory
+    from medddpm.models.memory import estimate_memory
 
     lines = [
         f"Estimates, `{preset}` model, batch 1, CUDA autocast rules (GiB; weights, gradients, AdamW and EMA "
@@ -91,7 +91,7 @@ def run_isolated(case: dict) -> dict:
 
 def measure_one(case: dict) -> dict:
     """Estimate and measure one (preset, size, levers, precision, device) case."""
-    from medddpm.memory import estimate_memory, measure_training_step
+    from medddpm.models.memory import estimate_memory, measure_training_step
 
     cfg = config_for(case["preset"], case["size"], case["checkpointing"], case["flash"])
     device = case["device"]

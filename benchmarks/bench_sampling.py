@@ -3,14 +3,14 @@
 1. Data: 16³ CT-like volumes, half bright spheres (800 HU), half darker cubes (0 HU) on air
    (-1000 HU), with random size and position. A training set is written as NIfTI; two held-out
    sets (A and B) stay in memory.
-2. Train a small U-Net with ``medddpm.training.train`` (reused if OUT/run already holds it). The
+2. Train a small U-Net with ``medddpm.training.loop.train`` (reused if OUT/run already holds it). The
    network predicts v (``--prediction v``): trained this briefly, an eps-prediction network does not
    learn the mean of the air background at high noise levels, where eps hides x_0 errors, and its
    samples drift to mid-grey with every sampler (``--prediction eps`` shows it).
 3. For each sampler setting draw the same seeds, timing seconds per volume.
 4. Quality proxies, each against held-out set A, with one fixed RBF bandwidth per feature set
    (median heuristic on the real sets A and B, so every row uses the same kernel):
-   - MMD² on the features of a fixed-seed random ResNet-10 (medddpm.features, random init);
+   - MMD² on the features of a fixed-seed random ResNet-10 (medddpm.evaluation.features, random init);
    - MMD² on shape statistics (foreground fraction and mean, bounding-box fill, centroid offset),
      standardised by set A;
    - the mode balance: the fraction of samples whose single object is bright (the sphere mode),
@@ -98,9 +98,9 @@ def to_model_space(hu: np.ndarray) -> np.ndarray:
 
 
 def train_model(out: Path, steps: int, n_train: int, prediction: str, device: torch.device, log) -> Path:
-    from medddpm.checkpoint import list_checkpoints, open_checkpoint
     from medddpm.config import build_config
-    from medddpm.training import train
+    from medddpm.training.checkpoint import list_checkpoints, open_checkpoint
+    from medddpm.training.loop import train
 
     run = out / "run"
     done = list_checkpoints(run)
@@ -192,8 +192,8 @@ class Quality:
     """MMD² of a set of volumes against held-out set A, on two fixed feature maps."""
 
     def __init__(self, real_a: np.ndarray, real_b: np.ndarray):
-        from medddpm.features import build_feature_extractor
-        from medddpm.metrics import median_heuristic_bandwidth
+        from medddpm.evaluation.features import build_feature_extractor
+        from medddpm.evaluation.metrics import median_heuristic_bandwidth
 
         self.net = build_feature_extractor("resnet10", seed=0)
         self.a_net = self._net_features(real_a)
@@ -208,7 +208,7 @@ class Quality:
         return self.net.extract(torch.from_numpy(x[:, None]), batch_size=16)
 
     def __call__(self, x: np.ndarray) -> dict[str, float]:
-        from medddpm.metrics import mmd
+        from medddpm.evaluation.metrics import mmd
 
         stats = (shape_statistics(x) - self.mu) / self.sd
         labels = classify(x)
@@ -235,11 +235,11 @@ def draw(
     device: torch.device,
 ) -> tuple[np.ndarray, float]:
     """Samples [N, 16, 16, 16] in model space and seconds per volume (network + sampler, no file I/O)."""
-    from medddpm.checkpoint import load_weights, open_checkpoint, resolve_checkpoint
-    from medddpm.diffusion import NoiseSchedule
-    from medddpm.generation import generate
+    from medddpm.diffusion.generate import generate
+    from medddpm.diffusion.schedule import NoiseSchedule
+    from medddpm.models.unet import build_unet
     from medddpm.runtime import resolve_precision
-    from medddpm.unet import build_unet
+    from medddpm.training.checkpoint import load_weights, open_checkpoint, resolve_checkpoint
 
     ckpt = open_checkpoint(resolve_checkpoint("latest", run))
     model = build_unet(ckpt.config.model)
@@ -334,8 +334,8 @@ def main() -> None:
     seeds = list(range(10_000, 10_000 + args.num))
 
     rows = []
+    from medddpm.inference.sample_to_folder import sampler_default_eta
     from medddpm.preview import save_montage
-    from medddpm.sample import sampler_default_eta
 
     settings = [s for s in SETTINGS if args.only is None or setting_name(*s) in args.only]
     if not settings:  # `--only` with no names: train (or check) the model and stop

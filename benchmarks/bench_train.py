@@ -8,8 +8,8 @@ A. tutorial: the loop of MONAI's ``generation/3d_ddpm/3d_ddpm_tutorial.ipynb`` a
    default attention, DDPMScheduler (scaled_linear_beta, 1000 steps) + DiffusionInferer, Adam at
    lr 5e-5, fp16 autocast + GradScaler on CUDA (fp32 on CPU, where the notebook's GradScaler does
    nothing), ``loss.item()`` every step; no EMA, no clipping.
-B. medddpm: ``medddpm.training.build_learner`` + ``train_step``, exactly what ``train()`` runs: the
-   cached dataset of ``medddpm.data.build_dataset`` and its batch assembly, AdamW + LR schedule,
+B. medddpm: ``medddpm.training.loop.build_learner`` + ``train_step``, exactly what ``train()`` runs: the
+   cached dataset of ``medddpm.data.transforms.build_dataset`` and its batch assembly, AdamW + LR schedule,
    gradient clipping, EMA, per-sample generators, the configured precision, compile and gradient
    checkpointing.
 
@@ -49,11 +49,11 @@ import numpy as np
 import torch
 
 from medddpm.config import Config, build_config
-from medddpm.data import build_dataset
-from medddpm.diffusion import NoiseSchedule
+from medddpm.data.transforms import build_dataset
+from medddpm.diffusion.schedule import NoiseSchedule
+from medddpm.models.unet import build_unet
 from medddpm.runtime import Distributed, resolve_device, resolve_precision, seed_everything
-from medddpm.training import build_learner, train_step
-from medddpm.unet import build_unet
+from medddpm.training.loop import build_learner, train_step
 
 MEMORY_FORMATS = {"auto": None, "channels-last": torch.channels_last_3d, "ncdhw": torch.contiguous_format}
 H100_BF16_DENSE_TFLOPS = 989.0
@@ -236,7 +236,7 @@ class TutorialLoop:
 
 
 class MedddpmStep:
-    """``medddpm.training.train_step`` on ``build_learner`` and ``build_dataset``, as train() sets them up."""
+    """``medddpm.training.loop.train_step`` on ``build_learner`` and ``build_dataset``, as train() does."""
 
     def __init__(
         self,

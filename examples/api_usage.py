@@ -13,11 +13,11 @@ import argparse
 from pathlib import Path
 
 from medddpm.config import build_config, save_config
-from medddpm.data import discover_scans
-from medddpm.evaluation import evaluate
-from medddpm.nifti import read_scan
-from medddpm.sample import sample_to_folder
-from medddpm.training import train
+from medddpm.data.nifti import read_scan
+from medddpm.data.scans import discover_scans
+from medddpm.evaluation.measure import evaluate
+from medddpm.inference.sample_to_folder import sample_to_folder
+from medddpm.training.loop import train
 
 
 def main() -> None:

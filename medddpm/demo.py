@@ -148,7 +148,7 @@ def make_cohort(
     import torch
     from monai.transforms import Resize
 
-    from medddpm.nifti import write_volume
+    from medddpm.data.nifti import write_volume
 
     if n_subjects < 2:
         raise InputError(f"the demo cohort needs at least 2 subjects; got {n_subjects}")
@@ -281,10 +281,10 @@ def run_demo(
     training's StepLog; ``on_volumes`` and ``on_sample_step`` are sampling's progress callbacks.
     """
     from medddpm.config import build_config
-    from medddpm.evaluation import evaluate
+    from medddpm.evaluation.measure import evaluate
+    from medddpm.inference.sample_to_folder import sample_to_folder
     from medddpm.runtime import stopwatch, torch_threads
-    from medddpm.sample import sample_to_folder
-    from medddpm.training import train
+    from medddpm.training.loop import train
 
     output = Path(output)
     minutes = DEFAULT_MINUTES if minutes is None else minutes

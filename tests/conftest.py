@@ -41,7 +41,7 @@ def scan_dir(tmp_path: Path) -> Path:
 def tiny_run(tmp_path_factory) -> Path:
     """A run of the tiny config trained for 2 steps: a real checkpoint for sample/evaluate tests."""
     from medddpm.config import build_config
-    from medddpm.training import train
+    from medddpm.training.loop import train
 
     root = tmp_path_factory.mktemp("tiny_run")
     rng = np.random.default_rng(1)

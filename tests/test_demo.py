@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from medddpm.cli import main
+from medddpm.data.nifti import read_scan
 from medddpm.demo import INSTALL_HINT, make_cohort
-from medddpm.nifti import read_scan
 
 pytest.importorskip("nilearn")
 

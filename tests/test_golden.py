@@ -25,9 +25,8 @@ import torch
 from safetensors.torch import load_file
 
 from medddpm.cli import main
-from tests.conftest import blob_volume, write_nifti
-
 from medddpm.runtime import torch_threads
+from tests.conftest import blob_volume, write_nifti
 
 GOLDEN = Path(__file__).with_name("golden.json")
 SAMPLERS = ("ddpm", "ddim", "dpm++")
@@ -102,9 +101,19 @@ def _record(root: Path) -> dict:
         kept["samples"] = [{k: v for k, v in r.items() if k != "seconds"} for r in kept["samples"]]
         kept["recipe"] = {k: v for k, v in kept["recipe"].items() if k != "sha256"}
         out["manifests"][sampler] = kept
-    _cli("evaluate", str(root / "scans"), str(root / "synth-dpm++"), "-o", str(root / "report"), "--run", str(run))
+    _cli(
+        "evaluate",
+        str(root / "scans"),
+        str(root / "synth-dpm++"),
+        "-o",
+        str(root / "report"),
+        "--run",
+        str(run),
+    )
     metrics = json.loads((root / "report" / "metrics.json").read_text())
-    out["metrics"] = {k: v for k, v in metrics.items() if k not in ("version", "created", "seconds", "timings")}
+    out["metrics"] = {
+        k: v for k, v in metrics.items() if k not in ("version", "created", "seconds", "timings")
+    }
     # Paths of this test's temporary folder are not behaviour.
     return json.loads(json.dumps(out).replace(str(root), "ROOT"))
 
@@ -122,7 +131,11 @@ def _close(expected, actual, path: str, exact: bool) -> list[str]:
                 diffs += _close(expected[k], actual[k], f"{path}.{k}", exact)
         return diffs
     if isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual):
-        return [d for i, (e, a) in enumerate(zip(expected, actual)) for d in _close(e, a, f"{path}[{i}]", exact)]
+        return [
+            d
+            for i, (e, a) in enumerate(zip(expected, actual, strict=True))
+            for d in _close(e, a, f"{path}[{i}]", exact)
+        ]
     if isinstance(expected, float) and isinstance(actual, (int, float)) and not isinstance(actual, bool):
         same = expected == actual if exact else np.isclose(actual, expected, rtol=RTOL, atol=1e-6)
         return [] if same else [f"{path}: golden {expected!r}, now {actual!r}"]
@@ -137,6 +150,12 @@ def test_train_sample_evaluate_match_golden(tmp_path: Path):
         pytest.skip(f"recorded {GOLDEN}")
     golden = json.loads(GOLDEN.read_text())
     exact = golden["fingerprint"] == actual["fingerprint"]
-    diffs = _close({k: v for k, v in golden.items() if k != "fingerprint"},
-                   {k: v for k, v in actual.items() if k != "fingerprint"}, "golden", exact)
-    assert not diffs, f"{len(diffs)} differences ({'bitwise' if exact else f'rtol {RTOL}'}):\n" + "\n".join(diffs[:30])
+    diffs = _close(
+        {k: v for k, v in golden.items() if k != "fingerprint"},
+        {k: v for k, v in actual.items() if k != "fingerprint"},
+        "golden",
+        exact,
+    )
+    assert not diffs, f"{len(diffs)} differences ({'bitwise' if exact else f'rtol {RTOL}'}):\n" + "\n".join(
+        diffs[:30]
+    )

@@ -25,11 +25,11 @@ from safetensors.torch import save_file
 
 from medddpm.cli import main
 from medddpm.config import DataConfig, build_config
-from medddpm.data import build_transforms
+from medddpm.data.nifti import read_scan
+from medddpm.data.transforms import build_transforms
 from medddpm.errors import InputError
-from medddpm.nifti import read_scan
+from medddpm.models.unet import build_unet
 from medddpm.runtime import torch_threads
-from medddpm.unet import build_unet
 from tests.conftest import blob_volume, write_nifti
 
 SHAPE = (10, 9, 11)
@@ -453,7 +453,7 @@ def test_nonfinite_steps_abort_with_advice(scans: Path, tmp_path: Path, capsys):
 def test_one_nonfinite_step_is_skipped_counted_and_training_goes_on(scans: Path, tmp_path: Path, monkeypatch):
     import csv
 
-    import medddpm.training as training
+    import medddpm.training.loop as training
 
     calls = []
 
@@ -472,7 +472,7 @@ def test_one_nonfinite_step_is_skipped_counted_and_training_goes_on(scans: Path,
     assert [r["step"] for r in rows] == ["1", "2", "3"]
     assert [r["skipped_nonfinite"] for r in rows] == ["0", "1", "1"]
     assert rows[1]["loss"] == "nan" and rows[2]["loss"] != "nan"
-    from medddpm.checkpoint import open_checkpoint
+    from medddpm.training.checkpoint import open_checkpoint
 
     ckpt = open_checkpoint(result.checkpoint)
     assert ckpt.training_state()["skipped_nonfinite"] == 1

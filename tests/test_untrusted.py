@@ -141,7 +141,7 @@ def test_disk_cache_is_never_unpickled(tmp_path: Path, tiny_run: Path, marker: P
 @pytest.mark.parametrize("make", [hostile_pickle, hostile_torch_file], ids=["legacy pickle", "torch zip"])
 def test_feature_weights_are_never_unpickled(make, tmp_path: Path, marker: Path):
     """What ``medddpm evaluate --feature-weights`` reads (MedicalNet .pth files are pickles)."""
-    from medddpm.features import build_resnet, load_medicalnet_weights
+    from medddpm.evaluation.features import build_resnet, load_medicalnet_weights
 
     hostile = make(tmp_path / "resnet_10.pth", marker)
     with pytest.raises(InputError, match="refused to load feature-network weights"):

@@ -1,0 +1,93 @@
+"""Finding and checking scans: discovery, preflight of every file, and RUN_DIR/dataset.json."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medddpm.config import DataConfig
+from medddpm.data.nifti import ScanInfo, atomic_path, is_nifti, read_scan
+from medddpm.data.transforms import IntensityMapping
+from medddpm.errors import InputError
+
+
+def discover_scans(data_dir: str | Path) -> list[Path]:
+    """Every .nii / .nii.gz below ``data_dir`` (recursively, hidden files skipped), sorted."""
+    root = Path(data_dir)
+    if not root.exists():
+        raise InputError("no such folder", root)
+    if root.is_file():
+        if is_nifti(root):
+            return [root]
+        raise InputError("not a folder nor a NIfTI file (.nii / .nii.gz)", root)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and is_nifti(p))
+    if not files:
+        anything = any(p.is_file() for p in root.rglob("*"))
+        why = "no .nii or .nii.gz files in this folder" if anything else "the folder is empty"
+        raise InputError(why, root)
+    return files
+
+
+@dataclass
+class Preflight:
+    """The outcome of reading every input once: the usable scans and the rejected ones with reasons."""
+
+    valid: list[ScanInfo] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def error_report(self) -> str:
+        """One line for one unusable scan (path: reason; what to do), else a summary line and one per scan."""
+        n_valid = len(self.valid)
+        if len(self.skipped) == 1:
+            s = self.skipped[0]
+            if not n_valid:
+                return f"{s['path']}: {s['reason']}"
+            rest = f"the other {n_valid} scan{'s' if n_valid != 1 else ''}"
+            return f"{s['path']}: {s['reason']}; fix or remove it, or pass --skip-invalid to train on {rest}"
+        lines = [f"{len(self.skipped)} of {len(self.valid) + len(self.skipped)} scans are unusable:"]
+        lines += [f"  {s['path']}: {s['reason']}" for s in self.skipped]
+        lines.append("Fix or remove them, or pass --skip-invalid to train on the rest.")
+        return "\n".join(lines)
+
+
+def preflight(files: Sequence[Path], progress: Callable[[int, int], None] | None = None) -> Preflight:
+    """Open and fully read every file; collect every problem rather than stopping at the first."""
+    result = Preflight()
+    for i, path in enumerate(files):
+        try:
+            _, _, info = read_scan(path)
+            result.valid.append(info)
+        except InputError as e:
+            reason = str(e).removeprefix(f"{path}: ")
+            result.skipped.append({"path": str(path), "reason": reason})
+        if progress is not None:
+            progress(i + 1, len(files))
+    return result
+
+
+def write_dataset_json(
+    path: Path, cfg: DataConfig, result: Preflight, data_dir: Path, spacing: tuple[float, float, float]
+) -> None:
+    """RUN_DIR/dataset.json: inputs used and skipped, and what sampling needs to write true geometry."""
+    record = {
+        "data_dir": str(data_dir),
+        "n_used": len(result.valid),
+        "n_skipped": len(result.skipped),
+        "files": [s.to_dict() for s in result.valid],
+        "skipped": result.skipped,
+        "image_size": list(cfg.image_size),
+        "output_spacing": list(spacing),
+        "orientation": "RAS",
+        "intensity": {
+            "modality": cfg.modality,
+            "a_min": cfg.a_min,
+            "a_max": cfg.a_max,
+            "lower_percentile": cfg.lower_percentile,
+            "upper_percentile": cfg.upper_percentile,
+            "output_units": IntensityMapping.from_config(cfg).units,
+        },
+    }
+    with atomic_path(path) as tmp:  # a crash never leaves a half-written dataset.json
+        tmp.write_text(json.dumps(record, indent=2))

@@ -1,0 +1,5 @@
+"""The diffusion math: noise schedule and training objective (``schedule``), samplers with one
+signature and their registry (``samplers``), and per-seed batched generation (``generate``).
+
+May import: ``medddpm.config``, ``medddpm.errors``, ``medddpm.runtime``. No files, no folders.
+"""

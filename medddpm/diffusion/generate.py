@@ -1,0 +1,95 @@
+"""Turning noise into volumes: batches of per-seed samples from a trained network.
+
+Sample i is a pure function of (weights, sampler, steps, eta, seed_i): its starting noise and every
+later noise draw come from its own CPU generator, so which batch it falls in, the batch size and
+the process that draws it do not change its noise. On CPU in fp32 the same seed gives bitwise the
+same volume; across batch sizes the network's batched kernels may round differently, which moves
+voxels by float32 round-off (about 1e-7 in model space), nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+from medddpm.diffusion.schedule import NoiseSchedule
+from medddpm.runtime import autocast
+
+
+def seeded_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per sample: CPU draws make the noise identical on any device."""
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+@torch.no_grad()
+def generate_batches(
+    model: torch.nn.Module,
+    schedule: NoiseSchedule,
+    image_size: Sequence[int],
+    seeds: Sequence[int],
+    sampler: str,
+    steps: int,
+    *,
+    eta: float | None = None,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    batch_size: int | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Denoise one volume per seed, ``batch_size`` at a time, yielding each batch as it finishes.
+
+    Yields ``(seeds, volumes)``: the batch's seeds and float32 CPU tensors [b, 1, D, H, W] in model
+    space [-1, 1], so a caller can write files as they come without holding every volume.
+    ``eta=None`` uses the sampler's own default (see medddpm.diffusion.samplers). ``on_step(i, total)`` is
+    called after every network evaluation of a batch (progress bars). The network runs under
+    autocast for ``precision`` (bf16 / fp16); the sampler's arithmetic stays in float32.
+    """
+    from medddpm.diffusion.samplers import sample
+
+    device = torch.device(device)
+    model.eval()
+
+    def network(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with autocast(precision, device):
+            return model(x, t).float()
+
+    batch_size = batch_size or len(seeds)
+    noise = {} if eta is None else {"eta": eta}  # None: the sampler's own default
+    for start in range(0, len(seeds), batch_size):
+        batch_seeds = [int(s) for s in seeds[start : start + batch_size]]
+        generators = seeded_generators(batch_seeds)
+        x_T = torch.stack([torch.randn(1, *image_size, generator=g) for g in generators]).to(device)
+        x_0 = sample(sampler, network, x_T, schedule, steps, generator=generators, callback=on_step, **noise)
+        yield batch_seeds, x_0.float().clamp(-1, 1).cpu()
+
+
+def generate(
+    model: torch.nn.Module,
+    schedule: NoiseSchedule,
+    image_size: Sequence[int],
+    seeds: Sequence[int],
+    sampler: str,
+    steps: int,
+    *,
+    eta: float | None = None,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    batch_size: int | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> list[torch.Tensor]:
+    """Every volume of ``generate_batches``, in seed order: float32 CPU tensors [1, D, H, W] in [-1, 1]."""
+    batches = generate_batches(
+        model,
+        schedule,
+        image_size,
+        seeds,
+        sampler,
+        steps,
+        eta=eta,
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        on_step=on_step,
+    )
+    return [volume for _, volumes in batches for volume in volumes]

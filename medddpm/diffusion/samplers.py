@@ -1,0 +1,287 @@
+"""Samplers: from noise x_T to a volume x_0 with a trained eps- or v-prediction network.
+
+Every sampler is a free function with one signature::
+
+    sample_x(model, x, schedule, steps, *, eta, generator=None, callback=None) -> x_0
+
+    model      model(x_t, t) -> eps or v (per ``schedule.prediction``); x_t [B, C, *spatial], t [B] long
+    x          x_T ~ N(0, I), [B, C, *spatial]; the caller draws it (``randn_like_per_sample``)
+    schedule   NoiseSchedule: alpha-bar_t for the T training timesteps, float64
+    steps      network evaluations, 1 <= steps <= T; the timesteps visited are ``timesteps_for``
+    eta        how much fresh noise each step adds (its meaning per sampler is in each docstring)
+    generator  None (torch's global RNG), one torch.Generator, or one per batch element so that
+               sample i is the same whatever the batch size
+    callback   callback(i, total) after step i = 1..total, for progress bars
+
+Notation (paper symbol -> code name). Paper conventions differ: Song et al. write alpha_t for what
+Ho et al. call alpha-bar_t; Lu et al. write alpha_t for its square root. The code uses one set:
+
+    t, s                           t (current timestep), s (next, less noisy; s = -1 means "clean")
+    alpha-bar_t                    ab_t; alpha-bar_{-1} = 1
+    alpha_t, sigma_t (Lu et al.)   sqrt(ab_t), sqrt(1 - ab_t)
+    lambda_t = log(alpha_t/sigma_t) lam_t, half the log signal-to-noise ratio
+    x-hat_0, eps-hat               x0, eps (the network's estimates at x_t)
+    beta_t of the respaced chain   1 - ab_t / ab_s (Nichol & Dhariwal 2021, Sec. 4)
+
+Shared conventions, chosen to match the reference implementations the tests compare against:
+
+* Timesteps are "trailing" (Lin et al. 2024, Table 2; diffusers ``timestep_spacing="trailing"``):
+  the first step is always t = T-1, where x_T is pure noise, and the last step jumps to s = -1.
+* x-hat_0 is clipped to [-1, 1], the range training volumes are scaled to: MONAI's schedulers do so
+  by default (``clip_sample=True``), as did Ho et al.'s released code; for DPM-Solver++ it is the
+  static case of the thresholding Lu et al. (2022b) apply to the data prediction. eps-hat is not
+  recomputed from the clipped x-hat_0 (MONAI's and diffusers' default).
+* Schedule arithmetic is done in float64 (Python floats, one timestep per step for the whole batch);
+  latents are at least float32; the network's output is cast to the latents' dtype, so it may run
+  under autocast.
+* The last step of every sampler returns x-hat_0 at the smallest timestep visited.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from medddpm.diffusion.schedule import NoiseSchedule
+from medddpm.errors import InputError
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Generators = torch.Generator | Sequence[torch.Generator] | None
+Callback = Callable[[int, int], None]
+
+X0_RANGE = (-1.0, 1.0)
+"""x-hat_0 is clipped to this range, the one preprocessing scales training volumes to."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+def timesteps_for(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
+    """The training timesteps a ``steps``-step sampler visits: [steps] long, strictly decreasing.
+
+    "Trailing" spacing (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are
+    Flawed", Table 2; diffusers ``timestep_spacing="trailing"``): t_i = round(T - i T/steps) - 1 for
+    i = 0..steps-1. It starts at t = T-1, where the network was trained on (nearly) pure noise, and
+    ends at T/steps - 1; "leading" spacing would start at T - T/steps and never show the network its
+    noisiest input. With steps = T it visits every timestep T-1, ..., 0.
+    """
+    T = schedule.num_timesteps
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
+        raise InputError(
+            f"sampling steps must be an integer between 1 and the {T} training timesteps, got {steps!r}"
+        )
+    # T - i (T/steps) as numpy's arange computes it, so the rounding matches diffusers bit for bit.
+    t = T - torch.arange(steps, dtype=torch.float64) * (T / steps)
+    return t.round().long() - 1
+
+
+def randn_like_per_sample(x: torch.Tensor, generators: Generators) -> torch.Tensor:
+    """N(0, I) noise shaped like x [B, C, *spatial], in x's dtype and on x's device.
+
+    generators: None draws from torch's global RNG; one torch.Generator draws the whole batch from it;
+    a sequence of B generators draws element i from generators[i] alone, so sample i does not
+    depend on the batch it is in. Noise is drawn on each generator's own device and moved to x's,
+    so CPU generators give the same voxels on any device.
+    """
+    if generators is None:
+        return torch.randn_like(x)
+
+    def draw(shape: torch.Size, g: torch.Generator) -> torch.Tensor:
+        return torch.randn(shape, generator=g, dtype=x.dtype, device=g.device).to(x.device)
+
+    if isinstance(generators, torch.Generator):
+        return draw(x.shape, generators)
+    if len(generators) != x.shape[0]:
+        raise ValueError(f"got {len(generators)} generators for a batch of {x.shape[0]}; pass one per sample")
+    return torch.stack([draw(x.shape[1:], g) for g in generators])
+
+
+def _latent(x: torch.Tensor) -> torch.Tensor:
+    """Latents in float32 at least (float64 stays float64), whatever the caller's dtype."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _plan(schedule: NoiseSchedule, steps: int) -> list[tuple[int, float, int, float]]:
+    """(t, ab_t, s, ab_s) for each step, s the next timestep visited and -1 (ab = 1) after the last."""
+    ab = schedule.alphas_cumprod.detach().to("cpu", torch.float64)
+    ts = timesteps_for(schedule, steps).tolist()
+    pairs = zip(ts, ts[1:] + [-1], strict=True)
+    return [(t, float(ab[t]), s, float(ab[s]) if s >= 0 else 1.0) for t, s in pairs]
+
+
+def _denoise(
+    model: Model, x: torch.Tensor, t: int, ab_t: float, prediction: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network's x-hat_0 (clipped to X0_RANGE) and eps-hat at x_t, both shaped like x."""
+    out = model(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
+    if out.shape != x.shape:
+        raise ValueError(
+            f"the network returned shape {tuple(out.shape)} for input {tuple(x.shape)}; "
+            "samplers need eps or v with the input's shape (no learned variance channels)"
+        )
+    out = out.to(x.dtype)
+    a, s = math.sqrt(ab_t), math.sqrt(1 - ab_t)
+    if prediction == "eps":
+        eps = out
+        x0 = (x - s * eps) / a  # Ho et al. Eq. 15
+    elif prediction == "v":
+        x0 = a * x - s * out  # Salimans & Ho 2022, Sec. 4: v = a eps - s x_0
+        eps = a * out + s * x
+    else:
+        raise ValueError(f"unknown prediction target {prediction!r}; expected 'eps' or 'v'")
+    return x0.clamp(*X0_RANGE), eps
+
+
+def _check_eta(eta: float, sampler: str, upper: float = math.inf) -> None:
+    if not 0 <= eta <= upper:
+        bound = f"between 0 and {upper:g}" if math.isfinite(upper) else "at least 0"
+        raise InputError(f"eta must be {bound} for the {sampler} sampler, got {eta}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Samplers
+
+
+@torch.no_grad()
+def sample_ddpm(
+    model: Model,
+    x: torch.Tensor,
+    schedule: NoiseSchedule,
+    steps: int,
+    *,
+    eta: float = 1.0,
+    generator: Generators = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Ancestral DDPM sampling (Ho et al. 2020, "Denoising Diffusion Probabilistic Models", Algorithm 2).
+
+    With steps < T it samples the posterior of the respaced chain over the visited timesteps
+    (Nichol & Dhariwal 2021, Sec. 4), as diffusers' DDPMScheduler does. eta scales the posterior
+    standard deviation: eta = 1 is Algorithm 2; eta < 1 lowers the sampling temperature, and eta = 0
+    follows the posterior mean (deterministic, blurrier, and not DDIM: for the deterministic end of
+    the DDIM family use ``sample_ddim``). x: x_T [B, C, *spatial]; returns x_0 in [-1, 1].
+    """
+    _check_eta(eta, "ddpm")
+    x = _latent(x)
+    plan = _plan(schedule, steps)
+    for i, (t, ab_t, s, ab_s) in enumerate(plan, start=1):
+        alpha = ab_t / ab_s
+        beta = 1 - alpha
+        # 1. x-hat_0 from the network (Eq. 15), clipped.
+        x0, _ = _denoise(model, x, t, ab_t, schedule.prediction)
+        # 2. Posterior mean mu-tilde(x_t, x-hat_0), Eq. 7 (equal to Eq. 11 when nothing is clipped).
+        x = (math.sqrt(ab_s) * beta / (1 - ab_t)) * x0 + (math.sqrt(alpha) * (1 - ab_s) / (1 - ab_t)) * x
+        # 3. Add sigma z, sigma^2 = beta-tilde = (1 - ab_s) / (1 - ab_t) beta (Eq. 7; the "fixed small"
+        #    variance of Sec. 3.2, MONAI's default); none after the last step.
+        if s >= 0 and eta > 0:
+            sigma = eta * math.sqrt((1 - ab_s) / (1 - ab_t) * beta)
+            x = x + sigma * randn_like_per_sample(x, generator)
+        if callback is not None:
+            callback(i, len(plan))
+    return x
+
+
+@torch.no_grad()
+def sample_ddim(
+    model: Model,
+    x: torch.Tensor,
+    schedule: NoiseSchedule,
+    steps: int,
+    *,
+    eta: float = 0.0,
+    generator: Generators = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """DDIM sampling (Song et al. 2021, "Denoising Diffusion Implicit Models", Eq. 12).
+
+    eta in [0, 1] sets sigma_t(eta) of Eq. 16: 0 is the deterministic DDIM, 1 the same process as
+    DDPM. x: x_T [B, C, *spatial]; returns x_0 in [-1, 1].
+    """
+    _check_eta(eta, "ddim", upper=1.0)
+    x = _latent(x)
+    plan = _plan(schedule, steps)
+    for i, (t, ab_t, _, ab_s) in enumerate(plan, start=1):
+        # 1. x-hat_0 ("predicted x_0" of Eq. 12), clipped, and eps-hat.
+        x0, eps = _denoise(model, x, t, ab_t, schedule.prediction)
+        # 2. sigma_t(eta) = eta sqrt((1 - ab_s) / (1 - ab_t)) sqrt(1 - ab_t / ab_s), Eq. 16.
+        sigma = eta * math.sqrt((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s))
+        # 3. Eq. 12: x_s = sqrt(ab_s) x-hat_0 + sqrt(1 - ab_s - sigma^2) eps-hat + sigma z.
+        x = math.sqrt(ab_s) * x0 + math.sqrt(max(1 - ab_s - sigma**2, 0.0)) * eps
+        if sigma > 0:
+            x = x + sigma * randn_like_per_sample(x, generator)
+        if callback is not None:
+            callback(i, len(plan))
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(
+    model: Model,
+    x: torch.Tensor,
+    schedule: NoiseSchedule,
+    steps: int,
+    *,
+    eta: float = 0.0,
+    generator: Generators = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022b, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
+    Probabilistic Models", Algorithm 2): a second-order multistep solver of the diffusion ODE in the
+    data prediction x-hat_0 and half-log-SNR lambda.
+
+    The first step is first order (there is no history yet) and so is the last, which goes to
+    sigma = 0 and returns x-hat_0 (diffusers' ``lower_order_final``: there h is infinite, and the
+    second-order weight 1/(2r) = h/(2 h_prev) with it). eta = 0 is the ODE solver of the paper;
+    eta > 0 adds noise as in SDE-DPM-Solver++(2M) (diffusers ``algorithm_type="sde-dpmsolver++"`` is
+    eta = 1; k-diffusion's ``sample_dpmpp_2m_sde`` has the same eta). x: x_T [B, C, *spatial];
+    returns x_0 in [-1, 1].
+    """
+    _check_eta(eta, "dpm++")
+    x = _latent(x)
+    plan = _plan(schedule, steps)
+    x0_prev, h_prev = None, None
+    for i, (t, ab_t, s, ab_s) in enumerate(plan, start=1):
+        # 1. Data prediction x_theta(x_t, t) = x-hat_0, clipped.
+        x0, _ = _denoise(model, x, t, ab_t, schedule.prediction)
+        if s < 0:
+            # 2'. Final first-order step to sigma_s = 0: exp(-h) = 0, so x_s = x-hat_0.
+            x = x0
+        else:
+            # 2. alpha, sigma and lambda = log(alpha / sigma) at both ends; h = lambda_s - lambda_t.
+            alpha_s, sigma_s, sigma_t = math.sqrt(ab_s), math.sqrt(1 - ab_s), math.sqrt(1 - ab_t)
+            h = 0.5 * (math.log(ab_s / (1 - ab_s)) - math.log(ab_t / (1 - ab_t)))
+            # 3. D: x-hat_0 (first step) or (1 + 1/(2r)) x-hat_0 - 1/(2r) x-hat_0 of the previous
+            #    step with r = h_prev / h (Algorithm 2).
+            D = x0 if x0_prev is None else x0 + (0.5 * h / h_prev) * (x0 - x0_prev)
+            # 4. x_s = (sigma_s / sigma_t) e^{-eta h} x_t - alpha_s (e^{-(1 + eta) h} - 1) D (Algorithm 2
+            #    for eta = 0), plus sigma_s sqrt(1 - e^{-2 eta h}) z.
+            x = (sigma_s / sigma_t * math.exp(-eta * h)) * x - (alpha_s * math.expm1(-(1 + eta) * h)) * D
+            if eta > 0:
+                x = x + (sigma_s * math.sqrt(-math.expm1(-2 * eta * h))) * randn_like_per_sample(x, generator)
+            x0_prev, h_prev = x0, h
+        if callback is not None:
+            callback(i, len(plan))
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "ddpm": sample_ddpm,
+    "ddim": sample_ddim,
+    "dpm++": sample_dpmpp_2m,
+}
+"""Sampler names as written in the config (``sample.sampler``) and on the command line."""
+
+
+def sample(
+    name: str, model: Model, x: torch.Tensor, schedule: NoiseSchedule, steps: int, **kw
+) -> torch.Tensor:
+    """Run the sampler called ``name`` (a key of SAMPLERS); keyword arguments go to it unchanged."""
+    if name not in SAMPLERS:
+        close = difflib.get_close_matches(str(name).lower(), SAMPLERS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise InputError(f"unknown sampler '{name}' (choose one of: {', '.join(SAMPLERS)}){hint}")
+    return SAMPLERS[name](model, x, schedule, steps, **kw)

@@ -1,0 +1,552 @@
+"""The evaluation report a person reads: report.html (self-contained), report.md and a console table.
+
+write_report draws four figures (mid-slice montages of each set, intensity histograms, MS-SSIM
+distributions) as PNG files and writes two documents from the same parts: a one-paragraph summary
+in plain words, a metrics table with the direction of each metric, the figures, the caveats and
+the settings. report.html embeds its images as base64 PNG and carries its own CSS (no network
+access to open it); report.md links the PNG files beside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medddpm.preview import save_montage
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from medddpm.evaluation.measure import VolumeSet
+
+MONTAGE_ROWS = 4
+"""Volumes shown per set in the montages (the first ones in file order)."""
+HISTOGRAM_BINS = 64
+COLOURS = {"real": "#1f77b4", "synthetic": "#d95f02"}
+FIGURES = {
+    "montage_real": "montage_real.png",
+    "montage_synthetic": "montage_synthetic.png",
+    "histograms": "intensity_histograms.png",
+    "ms_ssim": "ms_ssim_distributions.png",
+}
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    key: str
+    name: str
+    direction: str
+    meaning: str
+
+
+METRIC_ROWS = (
+    MetricRow(
+        "fid",
+        "FID",
+        "↓ lower is better",
+        "Fréchet distance between Gaussians fitted to the two feature sets.",
+    ),
+    MetricRow(
+        "mmd",
+        "MMD²",
+        "↓ lower is better",
+        "Kernel distance between the feature sets (RBF kernel); about 0 when they match.",
+    ),
+    MetricRow(
+        "precision",
+        "Precision",
+        "↑ higher is better",
+        "Share of synthetic volumes that lie among real ones (fidelity).",
+    ),
+    MetricRow(
+        "recall",
+        "Recall",
+        "↑ higher is better",
+        "Share of real volumes that lie among synthetic ones (diversity).",
+    ),
+    MetricRow(
+        "density",
+        "Density",
+        "↑ higher is better (≈ 1 when the sets match)",
+        "How many real neighbourhoods hold each synthetic volume, over k; "
+        "above 1 when samples crowd typical cases.",
+    ),
+    MetricRow(
+        "coverage",
+        "Coverage",
+        "↑ higher is better",
+        "Share of real volumes with a synthetic volume close by.",
+    ),
+    MetricRow(
+        "ms_ssim_synthetic",
+        "MS-SSIM within synthetic",
+        "closer to real is better",
+        "Mean structural similarity of pairs of synthetic volumes; lower = more diverse. "
+        "Much higher than real suggests mode collapse.",
+    ),
+    MetricRow(
+        "ms_ssim_real",
+        "MS-SSIM within real",
+        "reference",
+        "The same for pairs of real volumes: the diversity the synthetic set should match.",
+    ),
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Numbers as text
+# --------------------------------------------------------------------------------------------------
+
+
+def format_value(metrics: dict[str, Any], key: str) -> str:
+    """A metric as shown in tables: significant digits that fit it, a 95% interval for MS-SSIM."""
+    value = metrics.get(key)
+    if value is None:
+        return "unavailable"
+    if key in ("fid", "mmd"):
+        return f"{value:.4g}"
+    if key.startswith("ms_ssim"):
+        lo, hi = metrics.get(f"{key}_ci95", [None, None])
+        return f"{value:.3f}" + (f" (95% CI {lo:.3f}–{hi:.3f})" if lo is not None else "")
+    return f"{value:.2f}"
+
+
+def row_caveat(m: dict[str, Any], key: str) -> str:
+    """The caveat that belongs beside one metric in the table (the full list is in metrics['caveats'])."""
+    dim = m["feature_extractor"]["feature_dim"]
+    if key == "fid":
+        if m["fid_covariance_rank_deficient"]:
+            return (
+                f"Fewer volumes than feature dimensions ({dim}): the covariances are rank-deficient and "
+                "the FID "
+                "is dominated by that; compare only at equal numbers of volumes."
+            )
+        return "Biased upwards at small N; compare only at equal numbers of volumes and the same network."
+    if key == "mmd":
+        return "Kernel bandwidth taken from these features (median heuristic); can be slightly negative."
+    if key in ("precision", "recall", "density", "coverage"):
+        if m["prdc_unavailable"]:
+            return f"Unavailable: {m['prdc_unavailable']}."
+        n = min(m["n_real"], m["n_synthetic"])
+        return f"k = {m['nearest_k']}; with {n} volumes one volume moves it by {1 / n:.0%} or more."
+    s = m["ms_ssim_settings"]
+    return (
+        f"{s['num_scales']} scales, kernel {s['kernel_size']} to fit the volume size; "
+        "the interval is optimistic (pairs share volumes)."
+    )
+
+
+def _diversity_sentence(m: dict[str, Any]) -> str:
+    s, r = m["ms_ssim_synthetic"], m["ms_ssim_real"]
+    (s_lo, s_hi), (r_lo, r_hi) = m["ms_ssim_synthetic_ci95"], m["ms_ssim_real_ci95"]
+    numbers = f"mean pairwise MS-SSIM {s:.3f} against {r:.3f} for the real ones; lower means more diverse"
+    if None not in (s_lo, s_hi, r_lo, r_hi) and s_lo <= r_hi and r_lo <= s_hi:
+        return (
+            f"The synthetic volumes are about as diverse as the real ones ({numbers}; the intervals overlap)."
+        )
+    if s > r:
+        return (
+            f"The synthetic volumes are less diverse than the real ones ({numbers}); "
+            "a much higher value is a sign of mode collapse."
+        )
+    return (
+        f"The synthetic volumes differ more from one another than the real ones do ({numbers}); "
+        "that can be variety, or noise and artefacts: look at the montages."
+    )
+
+
+def summary_text(m: dict[str, Any]) -> str:
+    """One paragraph in plain words: what was compared, with what, and what the numbers say."""
+    fe = m["feature_extractor"]
+    shape = "×".join(str(s) for s in m["inputs"]["volume_shape"])
+    parts = [
+        f"{m['n_synthetic']} synthetic volumes were compared with {m['n_real']} real volumes "
+        f"at {shape} voxels, "
+        f"both preprocessed the same way.",
+        f"With the feature network “{fe['label']}”, the FID is {m['fid']:.4g} and the MMD² {m['mmd']:.3g};",
+        "these numbers mean something only next to other evaluations with the same feature network, "
+        "preprocessing and numbers of volumes"
+        + (
+            ", and with this few volumes the FID is dominated by estimation error."
+            if m["fid_covariance_rank_deficient"]
+            else "."
+        ),
+        _diversity_sentence(m),
+    ]
+    if m["precision"] is None:
+        parts.append("Precision, recall, density and coverage could not be computed (too few volumes).")
+    else:
+        parts.append(
+            f"{m['precision']:.0%} of the synthetic volumes lie among the real ones (precision) and "
+            f"{m['recall']:.0%} of the real ones lie among the synthetic ones (recall); "
+            f"coverage is {m['coverage']:.0%} and density {m['density']:.2f}."
+        )
+    return " ".join(parts)
+
+
+def summary_table(metrics: dict[str, Any]) -> Table:
+    """The metrics with their directions, for the console (rich)."""
+    from rich.table import Table
+
+    table = Table(title=f"Evaluation: {metrics['n_synthetic']} synthetic vs {metrics['n_real']} real volumes")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("direction")
+    for row in METRIC_ROWS:
+        table.add_row(row.name, format_value(metrics, row.key), row.direction)
+    table.caption = f"features: {metrics['feature_extractor']['label']}"
+    return table
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------------
+
+
+def _short(name: str, width: int = 22) -> str:
+    name = name.removesuffix(".gz").removesuffix(".nii")
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def _montage(volume_set: VolumeSet, path: Path) -> Path:
+    shown = volume_set.volumes[:MONTAGE_ROWS, 0].numpy()
+    names = [_short(p.name) for p in volume_set.files[:MONTAGE_ROWS]]
+    return save_montage(
+        list(shown),
+        path,
+        spacing=volume_set.spacing,
+        titles=names,
+        value_range=(0.0, 1.0),
+        suptitle=f"{volume_set.name.capitalize()}: first {len(names)} of {len(volume_set.files)}",
+    )
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _legend_on_top(ax) -> None:
+    """The legend in one row between title and axes, where it cannot hide data."""
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False, fontsize=9)
+
+
+def _histograms(real: VolumeSet, synth: VolumeSet, path: Path) -> Path:
+    plt = _pyplot()
+    edges = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
+    fig, ax = plt.subplots(figsize=(7.0, 3.6))
+    for volume_set in (real, synth):
+        counts, _ = np.histogram(volume_set.volumes.numpy(), bins=edges, density=True)
+        colour = COLOURS[volume_set.name]
+        ax.stairs(counts, edges, fill=True, alpha=0.25, color=colour)
+        ax.stairs(
+            counts,
+            edges,
+            color=colour,
+            linewidth=1.5,
+            label=f"{volume_set.name} (n = {len(volume_set.files)})",
+        )
+    ax.set_yscale("log")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("intensity after preprocessing (0 = lower percentile / window, 1 = upper)")
+    ax.set_ylabel("density (log scale)")
+    ax.set_title("Voxel intensities, all volumes", fontsize=10, pad=24)
+    _legend_on_top(ax)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _ms_ssim_plot(values: dict[str, Sequence[float]], metrics: dict[str, Any], path: Path) -> Path:
+    plt = _pyplot()
+    everything = np.concatenate([np.asarray(v, dtype=float) for v in values.values()])
+    lo, hi = float(everything.min()), float(everything.max())
+    pad = max(0.01, 0.05 * (hi - lo))
+    n_bins = int(np.clip(2 * np.sqrt(max(len(v) for v in values.values())), 8, 40))
+    edges = np.linspace(lo - pad, hi + pad, n_bins + 1)
+    fig, ax = plt.subplots(figsize=(7.0, 3.6))
+    for name in ("real", "synthetic"):
+        v = np.asarray(values[name], dtype=float)
+        colour = COLOURS[name]
+        counts, _ = np.histogram(v, bins=edges, density=True)
+        ax.stairs(counts, edges, fill=True, alpha=0.25, color=colour)
+        ax.stairs(
+            counts, edges, color=colour, linewidth=1.5, label=f"{name}: mean {v.mean():.3f} ({len(v)} pairs)"
+        )
+        ax.axvline(v.mean(), color=colour, linestyle="--", linewidth=1.2)
+    ax.set_xlabel("MS-SSIM of a pair of volumes (lower = more different)")
+    ax.set_ylabel("density")
+    s = metrics["ms_ssim_settings"]
+    ax.set_title(
+        f"Pairwise MS-SSIM within each set ({s['num_scales']} scales, kernel {s['kernel_size']})",
+        fontsize=10,
+        pad=24,
+    )
+    _legend_on_top(ax)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Documents
+# --------------------------------------------------------------------------------------------------
+
+
+def _settings(m: dict[str, Any]) -> list[tuple[str, str]]:
+    fe, s, inputs = m["feature_extractor"], m["ms_ssim_settings"], m["inputs"]
+    return [
+        ("Real scans", f"{inputs['real_dir']} ({m['n_real']} files)"),
+        ("Synthetic scans", f"{inputs['synthetic_dir']} ({m['n_synthetic']} files)"),
+        ("Run", inputs["run"] or "none (default preprocessing)"),
+        ("Preprocessing", m["preprocessing"]["description"]),
+        (
+            "Voxel size (mm, median)",
+            f"real {_mm(inputs['voxel_size_mm']['real'])}, "
+            f"synthetic {_mm(inputs['voxel_size_mm']['synthetic'])}",
+        ),
+        ("Feature network", f"{fe['label']}; {fe['implementation']}; {fe['feature_dim']} features"),
+        ("Weights sha256", fe["weights_sha256"]),
+        (
+            "MS-SSIM",
+            f"{s['num_scales']} scales, Gaussian kernel {s['kernel_size']} (σ {s['kernel_sigma']}), "
+            "data range "
+            f"{s['data_range']:g}, up to {s['max_pairs']} pairs per set (seed {s['seed']}); pairs used: "
+            f"real {m['ms_ssim_pairs']['real']}, synthetic {m['ms_ssim_pairs']['synthetic']}",
+        ),
+        (
+            "MMD²",
+            f"{m['mmd_settings']['estimator']}, "
+            f"RBF bandwidth {m['mmd_settings']['bandwidth']:.4g} (median heuristic)",
+        ),
+        ("PRDC", f"k = {m['nearest_k']} (Naeem et al. 2020)"),
+        ("Created", m["created"]),
+        ("Versions", ", ".join(f"{k} {v}" for k, v in m["version"].items() if k != "platform")),
+    ]
+
+
+def _mm(values: Sequence[float]) -> str:
+    return " × ".join(f"{v:.3g}" for v in values)
+
+
+CSS = """
+body { font-family: -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif; color: #1d2330;
+       max-width: 1080px; margin: 2rem auto; padding: 0 1.5rem; line-height: 1.5; background: #fff; }
+h1 { font-size: 1.7rem; margin-bottom: 0.2rem; }
+h2 { font-size: 1.25rem; margin-top: 2.2rem; border-bottom: 1px solid #e3e6ec; padding-bottom: 0.3rem; }
+.subtitle { color: #5b6475; margin-top: 0; }
+.label { background: #fff4e5; border-left: 4px solid #e8890c; padding: 0.6rem 0.9rem; margin: 1rem 0; }
+.label.ok { background: #eef6ee; border-left-color: #3a8f3a; }
+.summary { font-size: 1.05rem; }
+table { border-collapse: collapse; width: 100%; margin: 0.8rem 0; font-size: 0.95rem; }
+th, td { text-align: left; padding: 0.45rem 0.6rem; border-bottom: 1px solid #e3e6ec; vertical-align: top; }
+th { background: #f5f7fa; font-weight: 600; }
+td.value { font-variant-numeric: tabular-nums; white-space: nowrap; font-weight: 600; }
+td.direction { white-space: nowrap; color: #34405a; }
+td.meaning { color: #5b6475; }
+.caveat { display: block; color: #9a5a00; font-size: 0.85rem; margin-top: 0.2rem; }
+.figures { display: flex; gap: 1rem; flex-wrap: wrap; }
+.figures figure { flex: 1 1 460px; margin: 0; }
+.figures.single { justify-content: center; }
+.figures.single figure { flex: 0 1 760px; }
+figure img { width: 100%; border: 1px solid #e3e6ec; border-radius: 4px; }
+figcaption { color: #5b6475; font-size: 0.9rem; margin-top: 0.3rem; }
+.caveats li { margin-bottom: 0.5rem; }
+.settings td:first-child { white-space: nowrap; font-weight: 600; width: 14rem; }
+footer { color: #8a93a6; font-size: 0.85rem; margin: 3rem 0 1rem; }
+"""
+
+CAPTIONS = {
+    "montage_real": "Real volumes after preprocessing: axial, coronal and sagittal mid-slices "
+    "(grey scale 0–1).",
+    "montage_synthetic": "Synthetic volumes after the same preprocessing, on the same grey scale.",
+    "histograms": "Voxel intensities of each set after preprocessing. Shapes should agree; a shifted or "
+    "narrower synthetic curve means intensities the model did not learn.",
+    "ms_ssim": "MS-SSIM of pairs within each set (dashed: means). The synthetic distribution should sit "
+    "where the real one does; far to the right means samples that look alike.",
+}
+
+
+def _label_box(m: dict[str, Any]) -> tuple[str, bool]:
+    fe = m["feature_extractor"]
+    random_init = fe["weights_sha256"].startswith("random-init")
+    if random_init:
+        return f"Feature network: {fe['label']}.", False
+    return f"Feature network: {fe['label']}, sha256 {fe['weights_sha256']}.", True
+
+
+def _html(m: dict[str, Any], images: dict[str, Path]) -> str:
+    e = html.escape
+
+    def img(key: str) -> str:
+        data = base64.b64encode(images[key].read_bytes()).decode("ascii")
+        return (
+            f'<figure><img src="data:image/png;base64,{data}" alt="{e(CAPTIONS[key])}">'
+            f"<figcaption>{e(CAPTIONS[key])}</figcaption></figure>"
+        )
+
+    label, ok = _label_box(m)
+    shape = "×".join(str(s) for s in m["inputs"]["volume_shape"])
+    rows = "\n".join(
+        f"<tr><td>{e(r.name)}</td><td class='value'>{e(format_value(m, r.key))}</td>"
+        f"<td class='direction'>{e(r.direction)}</td><td class='meaning'>{e(r.meaning)}"
+        f"<span class='caveat'>{e(row_caveat(m, r.key))}</span></td></tr>"
+        for r in METRIC_ROWS
+    )
+    caveats = "\n".join(f"<li>{e(c)}</li>" for c in m["caveats"])
+    settings = "\n".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in _settings(m))
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>medddpm evaluation: {m["n_synthetic"]} synthetic vs {m["n_real"]} real</title>
+<style>{CSS}</style>
+</head>
+<body>
+<h1>Synthetic vs real volumes</h1>
+<p class="subtitle">medddpm {e(m["version"]["medddpm"])} evaluation, {e(m["created"])}:
+{m["n_synthetic"]} synthetic and {m["n_real"]} real volumes at {shape} voxels</p>
+<div class="label{" ok" if ok else ""}">{e(label)}</div>
+
+<h2>Summary</h2>
+<p class="summary">{e(summary_text(m))}</p>
+
+<h2>Metrics</h2>
+<table>
+<tr><th>Metric</th><th>Value</th><th>Direction</th><th>What it says, and its caveat</th></tr>
+{rows}
+</table>
+<p class="subtitle">Read each number with the caveats below; metrics.json beside this file has them all.</p>
+
+<h2>Volumes</h2>
+<div class="figures">
+{img("montage_real")}
+{img("montage_synthetic")}
+</div>
+
+<h2>Intensities</h2>
+<div class="figures single">{img("histograms")}</div>
+
+<h2>Diversity</h2>
+<div class="figures single">{img("ms_ssim")}</div>
+
+<h2>Caveats</h2>
+<ul class="caveats">
+{caveats}
+</ul>
+
+<h2>Settings</h2>
+<table class="settings">
+{settings}
+</table>
+<footer>Written by medddpm evaluate. Numbers: metrics.json.</footer>
+</body>
+</html>
+"""
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown(m: dict[str, Any], images: dict[str, Path]) -> str:
+    label, _ = _label_box(m)
+    shape = "×".join(str(s) for s in m["inputs"]["volume_shape"])
+    lines = [
+        "# Synthetic vs real volumes",
+        "",
+        f"medddpm {m['version']['medddpm']} evaluation, {m['created']}: {m['n_synthetic']} synthetic and "
+        f"{m['n_real']} real volumes at {shape} voxels.",
+        "",
+        f"> **{label}**",
+        "",
+        "## Summary",
+        "",
+        summary_text(m),
+        "",
+        "## Metrics",
+        "",
+        "| Metric | Value | Direction | What it says, and *its caveat* |",
+        "|---|---|---|---|",
+        *(
+            f"| {r.name} | {_md_cell(format_value(m, r.key))} | {r.direction} | "
+            f"{_md_cell(r.meaning)} *{_md_cell(row_caveat(m, r.key))}* |"
+            for r in METRIC_ROWS
+        ),
+        "",
+        "## Volumes",
+        "",
+        "| Real | Synthetic |",
+        "|---|---|",
+        f"| ![real]({images['montage_real'].name}) | ![synthetic]({images['montage_synthetic'].name}) |",
+        "",
+        CAPTIONS["montage_real"] + " " + CAPTIONS["montage_synthetic"],
+        "",
+        "## Intensities",
+        "",
+        f"![intensity histograms]({images['histograms'].name})",
+        "",
+        CAPTIONS["histograms"],
+        "",
+        "## Diversity",
+        "",
+        f"![MS-SSIM distributions]({images['ms_ssim'].name})",
+        "",
+        CAPTIONS["ms_ssim"],
+        "",
+        "## Caveats",
+        "",
+        *(f"- {c}" for c in m["caveats"]),
+        "",
+        "## Settings",
+        "",
+        "| Setting | Value |",
+        "|---|---|",
+        *(f"| {k} | {_md_cell(v)} |" for k, v in _settings(m)),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(
+    folder: Path,
+    metrics: dict[str, Any],
+    real: VolumeSet,
+    synth: VolumeSet,
+    ms_ssim_values: dict[str, Sequence[float]],
+) -> dict[str, Path]:
+    """Figures (PNG), report.html and report.md in ``folder``; returns their paths by name.
+
+    ``metrics`` is the content of metrics.json (see medddpm.evaluation.measure.evaluate), ``real`` and
+    ``synth`` the preprocessed sets, ``ms_ssim_values`` the pair values of each set.
+    """
+    folder = Path(folder)
+    json.dumps(metrics, allow_nan=False)  # a report is only written for numbers metrics.json can hold
+    images = {
+        "montage_real": _montage(real, folder / FIGURES["montage_real"]),
+        "montage_synthetic": _montage(synth, folder / FIGURES["montage_synthetic"]),
+        "histograms": _histograms(real, synth, folder / FIGURES["histograms"]),
+        "ms_ssim": _ms_ssim_plot(ms_ssim_values, metrics, folder / FIGURES["ms_ssim"]),
+    }
+    out = dict(images)
+    out["html"] = folder / "report.html"
+    out["html"].write_text(_html(metrics, images), encoding="utf-8")
+    out["markdown"] = folder / "report.md"
+    out["markdown"].write_text(_markdown(metrics, images), encoding="utf-8")
+    return out

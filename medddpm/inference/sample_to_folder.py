@@ -1,0 +1,581 @@
+"""``sample_to_folder``: synthetic scans from a trained checkpoint, written with true geometry.
+
+1. Check every option, open the checkpoint, rebuild the network from the checkpoint's own config
+   and load its weights (EMA by default): all before the output folder is touched, so bad input
+   leaves nothing behind.
+2. Decide what the output folder is: new, a sampling of the same recipe to finish (resume), or
+   something else (refused unless ``overwrite``).
+3. Draw the missing samples (sample i from seed + i; under torchrun rank r draws the i with
+   i % world_size == r) and write each file atomically as its batch finishes.
+4. Rank 0 writes ``manifest.json`` and ``preview.png``.
+
+Files. ``sample_0000.nii.gz`` ... in RAS with the training voxel size (checkpoint meta.json
+``output_spacing``), qform and sform set, origin at the volume centre (medddpm.data.nifti.write_volume).
+Intensities are in training units (medddpm.data.transforms.IntensityMapping): CT in HU, written as int16 as
+CT scans usually are (1 HU steps are far below what a model resolves over a 2000 HU window, and
+files are half the size); MRI on the documented [0, 1] scale, written as float32.
+
+Resuming. ``manifest.json`` is written before the first sample, with the recipe: the weights'
+sha256, EMA or not, sampler, steps, eta, seed, precision and format. A folder whose manifest holds
+the same recipe is finished: files already there (complete, since every file is renamed into place)
+are kept untouched, the rest are drawn. ``num`` may differ between runs (asking for more extends the
+set). Any other non-empty folder is refused unless ``overwrite``, which deletes only the files a
+sampling writes (samples, manifest, preview) before starting again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, get_args
+
+import numpy as np
+import torch
+
+from medddpm.config import Device, Precision
+from medddpm.data.nifti import OUTPUT_FORMATS, atomic_path, write_volume
+from medddpm.data.transforms import IntensityMapping
+from medddpm.diffusion.schedule import NoiseSchedule
+from medddpm.errors import InputError
+from medddpm.runtime import (
+    Distributed,
+    check_conv3d_bf16,
+    check_torch_version,
+    init_distributed,
+    library_versions,
+    resolve_device,
+    resolve_precision,
+    shutdown_distributed,
+)
+from medddpm.training.checkpoint import FILES, Checkpoint, load_weights, open_checkpoint, resolve_checkpoint
+
+MANIFEST = "manifest.json"
+PREVIEW = "preview.png"
+PREVIEW_MAX = 8
+"""Samples shown in preview.png (one row each)."""
+RECIPE_KEYS = ("sha256", "weights", "sampler", "steps", "eta", "seed", "precision", "format")
+"""What must match for a folder to be resumed: anything that changes the voxels or the files."""
+_OUTPUT_FILE = re.compile(r"^sample_\d+\.(nii\.gz|nii|nrrd|mha)$")
+_TEMP_FILE = re.compile(r"^\.(sample_\d+|manifest|preview)-.+")
+
+
+def _no_log(message: str) -> None:
+    pass
+
+
+def sample_name(index: int, fmt: str) -> str:
+    """File name of sample ``index``: sample_0000.nii.gz, ..."""
+    return f"sample_{index:04d}.{fmt}"
+
+
+def shard(indices: list[int], rank: int, world_size: int) -> list[int]:
+    """The samples one process draws: those with index % world_size == rank."""
+    return [i for i in indices if i % world_size == rank]
+
+
+def missing_samples(out_dir: Path, num: int, fmt: str) -> list[int]:
+    """Indices 0 .. num-1 with no file in ``out_dir`` yet (every process's share)."""
+    return [i for i in range(num) if not (Path(out_dir) / sample_name(i, fmt)).exists()]
+
+
+def sampler_default_eta(sampler: str) -> float:
+    """The eta a sampler uses when none is given (its keyword default in medddpm.diffusion.samplers)."""
+    from medddpm.diffusion.samplers import SAMPLERS
+
+    return float(inspect.signature(SAMPLERS[sampler]).parameters["eta"].default)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class SampleResult:
+    out_dir: Path
+    files: list[Path]
+    """Samples 0 .. num-1, written by every process."""
+    drawn: int
+    """Samples drawn in this call, by every process."""
+    kept: int
+    """Samples already in the folder, kept untouched."""
+    seconds_per_volume: float | None
+    """Sampling time per volume on one device (batch time / batch size); None when none was drawn."""
+    wall_seconds: float
+    """Sampling time of the slowest process."""
+    checkpoint: Path
+    manifest: Path
+
+
+@dataclass
+class _Plan:
+    """Everything the options and the checkpoint resolve to, checked before any file is written."""
+
+    checkpoint: Checkpoint
+    weights_file: Path
+    sha256: str
+    model: torch.nn.Module
+    schedule: NoiseSchedule
+    sampler: str
+    steps: int
+    eta: float | None
+    eta_used: float
+    seed: int
+    batch_size: int
+    precision: str
+    device: torch.device
+    fmt: str
+    spacing: tuple[float, float, float]
+    image_size: tuple[int, int, int]
+    mapping: IntensityMapping
+    dtype: type
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Options and checkpoint
+
+
+def find_checkpoint(run_dir: Path, spec: str | Path = "latest") -> Path:
+    """``latest`` / ``step-N`` of a run folder, a checkpoint folder given as RUN_DIR, or a PATH."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise InputError("no such run or checkpoint folder", run_dir)
+    if not run_dir.is_dir():
+        raise InputError(
+            "not a folder: expected a run folder or one of its checkpoints/step-N folders", run_dir
+        )
+    spec = str(spec)
+    is_checkpoint = any((run_dir / name).exists() for name in FILES) or re.fullmatch(
+        r"step-\d+", run_dir.name
+    )
+    if is_checkpoint and spec == "latest":
+        return run_dir
+    if is_checkpoint and spec.startswith("step-"):
+        return resolve_checkpoint(spec, run_dir.parent.parent)
+    if spec != "latest" and not spec.startswith("step-"):
+        return resolve_checkpoint(spec)
+    return resolve_checkpoint(spec, run_dir)
+
+
+def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
+    if value not in choices:
+        raise InputError(f"{option} must be one of {', '.join(choices)}; got '{value}'")
+    return value
+
+
+def _check_eta(eta: float | None, sampler: str) -> None:
+    if eta is None:
+        return
+    upper = 1.0 if sampler == "ddim" else float("inf")
+    if not 0 <= eta <= upper:
+        bound = "between 0 and 1" if sampler == "ddim" else "at least 0"
+        raise InputError(f"--eta must be {bound} for the {sampler} sampler; got {eta:g}")
+
+
+def _plan(
+    run_dir: Path,
+    num: int,
+    checkpoint: str | Path,
+    sampler: str | None,
+    steps: int | None,
+    eta: float | None,
+    seed: int,
+    batch_size: int | None,
+    ema: bool,
+    precision: str,
+    device: str,
+    fmt: str,
+) -> _Plan:
+    from medddpm.diffusion.samplers import SAMPLERS
+    from medddpm.models.unet import build_unet
+
+    check_torch_version()
+    if num < 1:
+        raise InputError(f"--num must be at least 1; got {num}")
+    if seed < 0:
+        raise InputError(f"--seed must be at least 0; got {seed}")
+    fmt = _choice(fmt.lstrip("."), OUTPUT_FORMATS, "--format")
+    _choice(precision, get_args(Precision), "--precision")
+    _choice(device, get_args(Device), "--device")
+    if sampler is not None:
+        _choice(sampler, tuple(SAMPLERS), "--sampler")
+
+    ckpt = open_checkpoint(find_checkpoint(run_dir, checkpoint))
+    cfg = ckpt.config
+    sampler = sampler or cfg.sample.sampler
+    steps = steps if steps is not None else cfg.sample.steps
+    eta = eta if eta is not None else cfg.sample.eta
+    batch_size = batch_size if batch_size is not None else cfg.sample.batch_size
+    _check_eta(eta, sampler)
+    T = cfg.diffusion.num_train_timesteps
+    if not 1 <= steps <= T:
+        raise InputError(f"--steps must be between 1 and the {T} training timesteps; got {steps}")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1; got {batch_size}")
+    spacing = ckpt.meta.get("output_spacing")
+    if not (
+        isinstance(spacing, list)
+        and len(spacing) == 3
+        and all(isinstance(s, (int, float)) and s > 0 for s in spacing)
+    ):
+        raise InputError(
+            "meta.json has no valid 'output_spacing' (three voxel sizes in mm)", ckpt.path / "meta.json"
+        )
+
+    weights_file = ckpt.path / ("ema.safetensors" if ema else "model.safetensors")
+    model = build_unet(cfg.model)
+    load_weights(model, ckpt.weights(ema=ema), weights_file)
+    torch_device = resolve_device(device)
+    resolved_precision = resolve_precision(precision, torch_device)
+    mapping = IntensityMapping.from_config(cfg.data)
+    plan = _Plan(
+        checkpoint=ckpt,
+        weights_file=weights_file,
+        sha256=file_sha256(weights_file),
+        model=model,
+        schedule=NoiseSchedule.from_config(cfg.diffusion),
+        sampler=sampler,
+        steps=steps,
+        eta=eta,
+        eta_used=eta if eta is not None else sampler_default_eta(sampler),
+        seed=seed,
+        batch_size=batch_size,
+        precision=resolved_precision,
+        device=torch_device,
+        fmt=fmt,
+        spacing=tuple(float(s) for s in spacing),
+        image_size=tuple(cfg.data.image_size),
+        mapping=mapping,
+        dtype=np.int16 if mapping.modality == "ct" else np.float32,
+    )
+    plan.recipe = {
+        "sha256": plan.sha256,
+        "weights": weights_file.name,
+        "sampler": sampler,
+        "steps": steps,
+        "eta": plan.eta_used,
+        "seed": seed,
+        "precision": resolved_precision,
+        "format": fmt,
+    }
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. The output folder
+
+
+def read_manifest(out_dir: Path) -> dict[str, Any] | None:
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def check_output_folder(out_dir: Path, recipe: dict[str, Any], overwrite: bool) -> str:
+    """'new', 'resume' or 'overwrite'; raises InputError for a folder that must not be touched."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError("exists and is not a folder", out_dir)
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return "new"
+    if overwrite:
+        return "overwrite"
+    manifest = read_manifest(out_dir)
+    if manifest is None:
+        raise InputError(
+            "output folder is not empty and holds no manifest.json of a sampling run; "
+            "choose another --output, or pass --overwrite to replace its samples",
+            out_dir,
+        )
+    previous = manifest.get("recipe", {})
+    for key in RECIPE_KEYS:
+        if previous.get(key) != recipe[key]:
+            what = "weights (sha256)" if key == "sha256" else key
+            raise InputError(
+                f"output folder holds samples of another recipe ({what} {previous.get(key)!r} there, "
+                f"{recipe[key]!r} here); choose another --output, or pass --overwrite to replace them",
+                out_dir,
+            )
+    return "resume"
+
+
+def _clear_outputs(out_dir: Path) -> None:
+    """Delete what a sampling writes (samples, manifest, preview, leftover temporary files); nothing else."""
+    for p in out_dir.iterdir():
+        if p.is_file() and (
+            _OUTPUT_FILE.match(p.name) or _TEMP_FILE.match(p.name) or p.name in (MANIFEST, PREVIEW)
+        ):
+            p.unlink()
+
+
+def _remove_temporaries(out_dir: Path) -> None:
+    """Temporary files of writes a crash interrupted (never renamed into place, so never complete)."""
+    for p in out_dir.iterdir():
+        if p.is_file() and _TEMP_FILE.match(p.name):
+            p.unlink(missing_ok=True)
+
+
+def _prepare_folder(out_dir: Path, state: str) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if state == "overwrite":
+            _clear_outputs(out_dir)
+        else:
+            _remove_temporaries(out_dir)
+    except OSError as e:
+        raise InputError(f"cannot write to the output folder ({e.strerror})", out_dir) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# 3 and 4. Drawing, writing, recording
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2))
+
+
+def read_output(path: Path) -> np.ndarray:
+    """A written sample back as a RAS [D, H, W] float32 array (NIfTI via nibabel, NRRD/MHA via SimpleITK)."""
+    if path.name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        return np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).transpose(2, 1, 0).astype(np.float32)
+
+
+def _manifest(
+    plan: _Plan,
+    num: int,
+    records: dict[int, dict[str, Any]],
+    status: str,
+    dist: Distributed,
+    wall_seconds: float | None,
+) -> dict[str, Any]:
+    drawn = [r["seconds"] for r in records.values() if r.get("seconds") is not None]
+    ckpt = plan.checkpoint
+    return {
+        "status": status,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": {
+            "path": str(ckpt.path.resolve()),
+            "step": ckpt.step,
+            "weights": plan.weights_file.name,
+            "sha256": plan.sha256,
+        },
+        "recipe": plan.recipe,
+        "sampler": plan.sampler,
+        "steps": plan.steps,
+        "eta": plan.eta_used,
+        "seed": plan.seed,
+        "num": num,
+        "batch_size": plan.batch_size,
+        "precision": plan.precision,
+        "device": plan.device.type if plan.device.type == "cpu" else torch.cuda.get_device_name(plan.device),
+        "world_size": dist.world_size,
+        "seconds_per_volume": sum(drawn) / len(drawn) if drawn else None,
+        "wall_seconds": wall_seconds,
+        "geometry": {
+            "image_size": list(plan.image_size),
+            "spacing": list(plan.spacing),
+            "orientation": "RAS",
+            "origin": "volume centre at (0, 0, 0) mm",
+        },
+        "intensity": {
+            "modality": plan.mapping.modality,
+            "units": plan.mapping.units,
+            "dtype": np.dtype(plan.dtype).name,
+        },
+        "samples": [records[i] for i in sorted(records)],
+        "config": ckpt.config.to_dict(),
+        "versions": library_versions(),
+    }
+
+
+def _gather(dist: Distributed, value: Any) -> list[Any]:
+    if not dist.enabled:
+        return [value]
+    out: list[Any] = [None] * dist.world_size
+    torch.distributed.all_gather_object(out, value)
+    return out
+
+
+def _draw(
+    plan: _Plan,
+    out_dir: Path,
+    todo: list[int],
+    on_written: Callable[[int], None],
+    on_step: Callable[[int, int], None] | None,
+) -> dict[int, dict[str, Any]]:
+    """Draw samples ``todo`` batch by batch, writing each file as its batch finishes; their records."""
+    from medddpm.diffusion.generate import generate_batches
+
+    model = plan.model.to(plan.device)
+    seeds = [plan.seed + i for i in todo]
+    batches = generate_batches(
+        model, plan.schedule, plan.image_size, seeds, plan.sampler, plan.steps, eta=plan.eta,
+        device=plan.device, precision=plan.precision, batch_size=plan.batch_size, on_step=on_step,
+    )  # fmt: skip
+    records: dict[int, dict[str, Any]] = {}
+    t_batch = time.perf_counter()
+    for batch_seeds, volumes in batches:
+        seconds = (time.perf_counter() - t_batch) / len(batch_seeds)
+        for s, volume in zip(batch_seeds, volumes, strict=True):
+            i = s - plan.seed
+            name = sample_name(i, plan.fmt)
+            write_volume(plan.mapping.to_output(volume[0].numpy()), out_dir / name, plan.spacing, plan.dtype)
+            records[i] = {"index": i, "file": name, "seed": s, "seconds": round(seconds, 4)}
+        on_written(len(batch_seeds))
+        t_batch = time.perf_counter()
+    return records
+
+
+def _write_preview(plan: _Plan, out_dir: Path, num: int) -> None:
+    """preview.png: mid-slices of the first PREVIEW_MAX samples, read back from their files."""
+    from medddpm.preview import save_montage
+
+    shown = list(range(min(num, PREVIEW_MAX)))
+    lo, hi = (plan.mapping.a_min, plan.mapping.a_max) if plan.mapping.modality == "ct" else (0.0, 1.0)
+    with atomic_path(out_dir / PREVIEW) as tmp:
+        save_montage(
+            [read_output(out_dir / sample_name(i, plan.fmt)) for i in shown],
+            tmp,
+            spacing=plan.spacing,
+            titles=[f"seed {plan.seed + i}" for i in shown],
+            value_range=(lo, hi),
+            suptitle=f"{plan.sampler}, {plan.steps} steps, checkpoint step {plan.checkpoint.step}",
+        )
+
+
+def sample_to_folder(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    num: int,
+    *,
+    checkpoint: str | Path = "latest",
+    sampler: str | None = None,
+    steps: int | None = None,
+    eta: float | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    ema: bool = True,
+    precision: str = "auto",
+    device: str = "auto",
+    fmt: str = "nii.gz",
+    overwrite: bool = False,
+    log: Callable[[str], None] = _no_log,
+    on_volumes: Callable[[int, int], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> SampleResult:
+    """Write samples 0 .. ``num``-1 of a checkpoint into ``out_dir`` (see the module docstring).
+
+    ``run_dir``: a run folder or a checkpoint folder; ``checkpoint``: latest, step-N or a folder.
+    ``sampler``, ``steps``, ``eta``, ``batch_size``: None takes the checkpoint config's ``sample``
+    section. Rank 0 alone logs and reports progress: ``on_volumes(done, total)`` for its share of
+    the samples (files already there count as done), ``on_step(i, total)`` for each network
+    evaluation of the current batch.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    # 1. Everything checked before the output folder is touched.
+    plan = _plan(run_dir, num, checkpoint, sampler, steps, eta, seed, batch_size, ema, precision, device, fmt)
+    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    dist = init_distributed(plan.device)
+    try:
+        if dist.enabled and plan.device.type == "cuda":
+            plan.device = torch.device("cuda", dist.local_rank)
+        if not dist.is_main:
+            log, on_volumes, on_step = _no_log, None, None
+        # Every rank decides (and fails) alike, before rank 0 changes anything.
+        state = check_output_folder(out_dir, plan.recipe, overwrite)
+        previous = read_manifest(out_dir) if state == "resume" else None
+        dist.barrier()
+        # bf16 on CUDA: one conv3d at the model's full-resolution size against fp32 (a cuDNN bug).
+        width = plan.checkpoint.config.model.channels[0]
+        bf16_warning = check_conv3d_bf16(plan.device, plan.precision, (1, width, *plan.image_size))
+        if bf16_warning:
+            log(f"[yellow]warning:[/] {bf16_warning}")
+
+        # 2. The folder: created, cleared for --overwrite, or resumed (keeping earlier records).
+        records: dict[int, dict[str, Any]] = {}
+        for r in (previous or {}).get("samples", []):
+            if isinstance(r, dict) and isinstance(r.get("index"), int) and 0 <= r["index"] < num:
+                records[r["index"]] = r
+        if dist.is_main:
+            _prepare_folder(out_dir, state)
+            _write_json(out_dir / MANIFEST, _manifest(plan, num, records, "incomplete", dist, None))
+        dist.barrier()
+        missing = missing_samples(out_dir, num, plan.fmt)
+        if state == "resume":
+            log(f"Resuming {out_dir}: {num - len(missing)} of {num} samples are there")
+        log(
+            f"Sampling {len(missing)} volume{'s' if len(missing) != 1 else ''} from {plan.checkpoint.path} "
+            f"({plan.weights_file.name}, step {plan.checkpoint.step}): {plan.sampler}, {plan.steps} steps, "
+            f"eta {plan.eta_used:g}, {plan.device.type} {plan.precision}"
+            + (f", {dist.world_size} processes" if dist.enabled else "")
+        )
+
+        # 3. This process's share of the missing samples.
+        mine = shard(list(range(num)), dist.rank, dist.world_size)
+        todo = shard(missing, dist.rank, dist.world_size)
+        done = len(mine) - len(todo)
+
+        def on_written(n: int) -> None:
+            nonlocal done
+            done += n
+            if on_volumes is not None:
+                on_volumes(done, len(mine))
+
+        on_written(0)
+        t_start = time.perf_counter()
+        drawn = _draw(plan, out_dir, todo, on_written, on_step)
+        wall = time.perf_counter() - t_start
+
+        # 4. One manifest and one preview, by rank 0, once every rank has written its files.
+        drawn_all: dict[int, dict[str, Any]] = {}
+        for part in _gather(dist, drawn):
+            drawn_all.update(part)
+        wall = max(_gather(dist, wall))
+        records.update(drawn_all)
+        for i in range(num):
+            records.setdefault(
+                i, {"index": i, "file": sample_name(i, plan.fmt), "seed": seed + i, "seconds": None}
+            )
+        seconds = [r["seconds"] for r in drawn_all.values()]
+        per_volume = sum(seconds) / len(seconds) if seconds else None
+        if dist.is_main:
+            _write_json(out_dir / MANIFEST, _manifest(plan, num, records, "complete", dist, round(wall, 3)))
+            _write_preview(plan, out_dir, num)
+        dist.barrier()
+    finally:
+        if owns_group and dist.enabled:
+            shutdown_distributed()
+    kept = num - len(drawn_all)
+    speed = "" if per_volume is None else f", {per_volume:.2f} s per volume"
+    log(f"Done: {num} samples in {out_dir} ({len(drawn_all)} drawn, {kept} already there{speed})")
+    return SampleResult(
+        out_dir=out_dir,
+        files=[out_dir / sample_name(i, plan.fmt) for i in range(num)],
+        drawn=len(drawn_all),
+        kept=kept,
+        seconds_per_volume=per_volume,
+        wall_seconds=wall,
+        checkpoint=plan.checkpoint.path,
+        manifest=out_dir / MANIFEST,
+    )

@@ -1,0 +1,322 @@
+"""Peak training memory: estimated without allocating it, and measured by running a step.
+
+Estimate. The U-Net is built on PyTorch's ``meta`` device (shapes and dtypes, no storage) and run
+forward once while a saved-tensor hook adds up every storage autograd keeps for the backward pass
+(each storage once, however many views of it are saved; parameters are not activations). That is
+the activation memory of a training step: it peaks when the forward pass ends and backward begins.
+Weights, gradients, AdamW moments and the EMA copy are counted from the parameter count.
+
+- Mixed precision: meta tensors have no autocast, so a function mode applies CUDA's autocast rules
+  to the operations a DiffusionModelUNet calls (convolutions, linear layers, matmuls and attention
+  in bf16/fp16; GroupNorm, softmax, upsampling and the loss in fp32). GroupNorm and SiLU therefore
+  keep fp32 copies, and bf16 saves far less than half of the activations.
+- Flash attention keeps O(N) per head instead of the N x N attention matrix: a stand-in saves what
+  the flash kernels save (q, k, v, output, log-sum-exp), on CUDA and on CPU alike.
+- Gradient checkpointing (medddpm.models.unet): autograd keeps each U-Net block's inputs instead of its
+  internals, plus the internals of the one block being recomputed in the backward pass at a time.
+
+Not counted: the CUDA context (~0.3-0.5 GiB outside torch's allocator), cuDNN workspaces and
+allocator fragmentation; leave ~15 % headroom when sizing a GPU from the estimate.
+
+Measurement (``measure_training_step``): one real training step after a warm-up step. On CUDA the
+peak is ``torch.cuda.max_memory_allocated``; on CPU (Linux) it is the process's resident-memory
+high-water mark, reset just before the step, with glibc told to return freed blocks at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_map
+
+from medddpm.config import Config
+from medddpm.models.unet import build_unet
+
+GIB = 2**30
+
+# CUDA autocast's policy (aten/src/ATen/autocast_mode.cpp) for the functions a DiffusionModelUNet
+# and the loss call, by the name the function mode sees. Anything else runs in its inputs' dtype.
+# tests/models/test_memory.py checks these sets against torch's own autocast.
+_MATMUL_LIKE = {
+    "conv3d", "conv_transpose3d", "linear", "matmul", "einsum", "bmm", "mm", "baddbmm", "addmm",
+    "scaled_dot_product_attention",
+}  # fmt: skip
+LOW_PRECISION_OPS = {"cuda": _MATMUL_LIKE, "cpu": _MATMUL_LIKE}  # the same on both
+FP32_OPS = {
+    "cuda": {"group_norm", "layer_norm", "softmax", "log_softmax", "interpolate", "mse_loss", "exp", "pow"},
+    "cpu": {"mse_loss"},
+}
+
+
+@dataclass
+class MemoryEstimate:
+    parameters: int
+    weights_gib: float  # fp32 weights
+    gradients_gib: float
+    optimizer_gib: float  # AdamW first and second moments
+    ema_gib: float
+    activations_gib: float  # tensors saved for backward at the peak
+    total_gib: float
+    notes: list[str] = field(default_factory=list)
+
+
+class _FlashLikeAttention(torch.autograd.Function):
+    """Stand-in for a flash-attention kernel: same output shape, same saved tensors."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = torch.empty_like(q)
+        lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # pragma: no cover - never run on meta tensors
+        q, k, v, _, _ = ctx.saved_tensors
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+
+
+class _EstimationMode(TorchFunctionMode):
+    """Autocast's casts for ``low`` (None: full precision), and flash attention's saved tensors."""
+
+    def __init__(self, low: torch.dtype | None, device: str, flash: bool):
+        super().__init__()
+        self.low, self.flash = low, flash
+        self.low_ops, self.fp32_ops = LOW_PRECISION_OPS[device], FP32_OPS[device]
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        target = None
+        if self.low is not None and name in self.low_ops:
+            target = self.low
+        elif self.low is not None and name in self.fp32_ops:
+            target = torch.float32
+        if target is not None:
+
+            def cast(x):
+                is_float = isinstance(x, torch.Tensor) and x.is_floating_point()
+                return x.to(target) if is_float else x
+
+            args, kwargs = tree_map(cast, args), tree_map(cast, kwargs)
+        if name == "scaled_dot_product_attention" and self.flash:
+            q, k, v = (kwargs[n] if n in kwargs else args[i] for i, n in enumerate(("query", "key", "value")))
+            return _FlashLikeAttention.apply(q, k, v)
+        return func(*args, **kwargs)
+
+
+def _activation_bytes(cfg: Config, batch_size: int, precision: str, device: str = "cuda") -> tuple[int, int]:
+    """Bytes autograd keeps for backward: (plain network, network with checkpointed blocks)."""
+    with torch.device("meta"):
+        model = build_unet(cfg.model.model_copy(update={"gradient_checkpointing": False}))
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
+    kept: dict[int, torch.Tensor] = {}  # storage -> a tensor on it (keeps storage ids unique)
+    held: list[torch.Tensor] = []  # block inputs, kept alive for the same reason
+    total = 0
+    inside: dict[str, int] = {}  # saved by each U-Net block's own operations
+    inputs: dict[int, int] = {}  # what checkpointed blocks keep instead: their input tensors, by storage
+    current: list[str] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        key = t.untyped_storage()._cdata
+        if key not in kept and key not in params:
+            kept[key] = t
+            nbytes = t.untyped_storage().nbytes()
+            total += nbytes
+            if current:
+                inside[current[-1]] = inside.get(current[-1], 0) + nbytes
+        return t
+
+    def enter(name: str):
+        def hook(module, args, kwargs):
+            current.append(name)
+            tensors = [*args, *kwargs.values(), *(kwargs.get("res_hidden_states_list") or [])]
+            for t in tensors:
+                if isinstance(t, torch.Tensor):
+                    held.append(t)
+                    inputs[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+
+        return hook
+
+    blocks = {f"down{i}": b for i, b in enumerate(model.down_blocks)}
+    blocks["middle"] = model.middle_block
+    blocks.update({f"up{i}": b for i, b in enumerate(model.up_blocks)})
+    for name, block in blocks.items():
+        block.register_forward_pre_hook(enter(name), with_kwargs=True)
+        block.register_forward_hook(lambda m, a, o: current.pop() and None)
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    x = torch.empty(batch_size, 1, *cfg.data.image_size, device="meta")
+    t = torch.zeros(batch_size, dtype=torch.long, device="meta")
+    mode = _EstimationMode(low, device, cfg.model.use_flash_attention)
+    with mode, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        prediction = model(x, t)
+        torch.nn.functional.mse_loss(prediction.float(), x)
+    checkpointed = total - sum(inside.values()) + sum(inputs.values()) + max(inside.values(), default=0)
+    return total, checkpointed
+
+
+def estimate_memory(
+    cfg: Config, precision: str = "fp32", batch_size: int | None = None, device: str = "cuda"
+) -> MemoryEstimate:
+    """Peak memory of one training step for ``cfg`` (GiB), without running it.
+
+    ``device`` picks the autocast rules for bf16/fp16: "cuda" (GroupNorm and softmax in fp32) or
+    "cpu" (they stay in bf16). fp32 estimates are the same for both.
+    """
+    batch_size = batch_size or cfg.train.batch_size
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in build_unet(cfg.model).parameters())
+    weights = n_params * 4 / GIB
+    plain, checkpointed = _activation_bytes(cfg, batch_size, precision, device)
+    activations = (checkpointed if cfg.model.gradient_checkpointing else plain) / GIB
+    notes = []
+    if not cfg.model.use_flash_attention and any(cfg.model.attention_levels):
+        notes.append("attention matrices counted in full (flash attention off)")
+    if device == "cuda":
+        notes.append("not counted: CUDA context, cuDNN workspace, allocator fragmentation (~15% headroom)")
+    return MemoryEstimate(
+        parameters=n_params,
+        weights_gib=weights,
+        gradients_gib=weights,
+        optimizer_gib=2 * weights,
+        ema_gib=weights,
+        activations_gib=activations,
+        total_gib=5 * weights + activations,  # weights, gradients, two AdamW moments, EMA
+        notes=notes,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement
+
+
+@dataclass
+class MeasuredStep:
+    peak_gib: float  # the step's peak, including weights, optimizer state and EMA
+    state_gib: float  # held between steps: weights, AdamW moments, EMA
+    activations_gib: float  # added by the forward pass and held when it ends: what backward needs
+    seconds: float  # mean wall time of the measured steps
+    method: str
+
+    @property
+    def growth_gib(self) -> float:
+        """What the step adds to the state at its peak: activations, gradients, temporaries."""
+        return self.peak_gib - self.state_gib
+
+
+def _resident_bytes() -> tuple[int, int]:
+    """(VmRSS, VmHWM) of this process, in bytes (Linux)."""
+    status = Path("/proc/self/status").read_text()
+    return tuple(int(re.search(rf"{k}:\s+(\d+) kB", status).group(1)) * 1024 for k in ("VmRSS", "VmHWM"))
+
+
+def _release_freed_memory() -> None:
+    """Make glibc hand freed memory back to the OS, so resident memory follows live tensors.
+
+    Applies to the rest of the process: blocks over 64 KiB get their own mapping, unmapped on free.
+    """
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD (fixed: no longer grows with freed blocks)
+    libc.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD
+    libc.malloc_trim(0)  # release what is already free
+
+
+class _Meter:
+    """Bytes in use now and at the highest since ``reset``, relative to the moment of ``reset``.
+
+    CUDA: torch's allocator statistics. CPU (Linux): resident memory, and its high-water mark,
+    which writing 5 to /proc/self/clear_refs resets.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        if device.type == "cpu":
+            if not Path("/proc/self/clear_refs").exists():
+                raise RuntimeError("measuring CPU memory needs Linux (/proc/self/clear_refs)")
+            _release_freed_memory()
+        self.base = 0
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            _release_freed_memory()
+            Path("/proc/self/clear_refs").write_text("5")
+            self.base = _resident_bytes()[0]
+
+    def now(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device) - self.base
+        return _resident_bytes()[0] - self.base
+
+    def peak(self) -> int:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) - self.base
+        return _resident_bytes()[1] - self.base
+
+
+def measure_training_step(
+    cfg: Config,
+    precision: str = "fp32",
+    batch_size: int | None = None,
+    device: str = "cpu",
+    steps: int = 1,
+    seed: int = 0,
+) -> MeasuredStep:
+    """Run a warm-up step, then ``steps`` measured training steps of ``cfg`` as ``train()`` runs them.
+
+    A step: forward under autocast, loss, backward, gradient clipping, AdamW step, EMA update.
+    Reports the highest memory over the measured steps and their mean wall time. The state held
+    between steps is counted from its tensors (CPU) or read from the allocator (CUDA).
+    """
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from medddpm.diffusion.schedule import NoiseSchedule, diffusion_loss
+    from medddpm.runtime import autocast
+
+    dev = torch.device(device)
+    meter = _Meter(dev)
+    batch_size = batch_size or cfg.train.batch_size
+    torch.manual_seed(seed)
+    model = build_unet(cfg.model).to(dev)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.999), use_buffers=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    schedule = NoiseSchedule.from_config(cfg.diffusion)
+    generator = torch.Generator(device=dev).manual_seed(seed)
+    x0 = torch.rand(batch_size, 1, *cfg.data.image_size, generator=generator, device=dev) * 2 - 1
+
+    def step() -> int:
+        """One training step; returns the bytes held when the forward pass ended."""
+        with autocast(precision, dev):
+            loss = diffusion_loss(model, schedule, x0, generator=generator)
+        held_by_graph = meter.now()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update_parameters(model)
+        return held_by_graph
+
+    step()  # warm-up: AdamW state, kernel choices
+    tensors = [*model.parameters(), *model.buffers(), *ema.parameters(), *ema.buffers()]
+    tensors += [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    meter.reset()
+    if dev.type == "cuda":
+        state = meter.base
+    else:
+        state = sum({t.untyped_storage()._cdata: t.untyped_storage().nbytes() for t in tensors}.values())
+    start = time.perf_counter()
+    activations = max(step() for _ in range(steps))
+    seconds = (time.perf_counter() - start) / steps
+    method = "torch.cuda.max_memory_allocated" if dev.type == "cuda" else "resident-memory high-water mark"
+    return MeasuredStep((state + meter.peak()) / GIB, state / GIB, activations / GIB, seconds, method)

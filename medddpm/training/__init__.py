@@ -1,0 +1,4 @@
+"""``medddpm train``: the loop (``loop``) and checkpoints on disk (``checkpoint``).
+
+May import: ``medddpm.config``, ``errors``, ``runtime``, ``preview``, ``data``, ``models``, ``diffusion``.
+"""

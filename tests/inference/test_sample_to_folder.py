@@ -1,0 +1,290 @@
+"""``medddpm sample``: geometry and units of the files, determinism, resuming, and bad input.
+
+One tiny CT model (16³, 2 training steps) serves the whole module; it is untrained, so its samples
+are noise, but geometry, units, seeding and file handling do not depend on how good they look.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medddpm.cli import main
+from medddpm.inference.sample_to_folder import find_checkpoint, read_output, sample_name, shard
+from medddpm.runtime import torch_threads
+
+SPACING = (2.0, 2.5, 3.0)  # anisotropic, so a swapped or dropped voxel size shows
+A_MIN, A_MAX = -500.0, 700.0  # an asymmetric HU window, so a wrong inverse mapping shows
+FAST = ["--steps", "3"]
+
+
+def cli(capsys, *args) -> tuple[int, str]:
+    """Run ``medddpm sample ARGS``; returns the exit code and what went to stderr."""
+    capsys.readouterr()
+    try:
+        main(["sample", *(str(a) for a in args)])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def voxels(folder: Path, index: int, fmt: str = "nii.gz") -> np.ndarray:
+    return read_output(folder / sample_name(index, fmt))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """16³ volumes gain nothing from a second thread; on a busy machine its synchronisation costs 10x."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A CT run of the tiny config, 2 steps, trained on 20³ scans of 2.0 x 2.5 x 3.0 mm (with a preview)."""
+    from medddpm.config import build_config
+    from medddpm.training.loop import train
+
+    root = tmp_path_factory.mktemp("sample")
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        data = rng.normal(0, 400, (20, 20, 20)).astype(np.float32)
+        (root / "scans").mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(data, np.diag([*SPACING, 1.0])), str(root / "scans" / f"ct_{i}.nii.gz"))
+    overrides = ["data.modality=ct", f"data.a_min={A_MIN}", f"data.a_max={A_MAX}", "train.preview_every=2"]
+    cfg = build_config("tiny", overrides, {"train.max_steps": 2})
+    train(cfg, root / "scans", root / "run")
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def first(run: Path, tmp_path_factory) -> Path:
+    """Three samples, seeds 0, 1, 2, drawn one at a time."""
+    out = tmp_path_factory.mktemp("first") / "out"
+    main(["sample", str(run), "--output", str(out), "--num", "3", "--batch-size", "1", *FAST])
+    return out
+
+
+@pytest.fixture
+def checkpoint_copy(run: Path, tmp_path: Path) -> Path:
+    """A copy of the run's checkpoint folder, to damage or edit."""
+    return Path(shutil.copytree(run / "checkpoints" / "step-00000002", tmp_path / "step-00000002"))
+
+
+def test_training_preview_still_samples(run: Path):
+    assert (run / "previews" / "step-00000002.png").stat().st_size > 0
+
+
+def test_files_have_training_geometry_and_units(first: Path):
+    assert sorted(p.name for p in first.iterdir()) == [
+        "manifest.json", "preview.png", "sample_0000.nii.gz", "sample_0001.nii.gz", "sample_0002.nii.gz",
+    ]  # fmt: skip
+    for i in range(3):
+        path = first / sample_name(i, "nii.gz")
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj)
+        assert data.shape == (16, 16, 16)
+        assert img.get_data_dtype() == np.int16
+        assert np.isfinite(data).all()
+        assert data.min() >= A_MIN and data.max() <= A_MAX
+        assert img.header.get_zooms() == pytest.approx(SPACING)
+        assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
+        qform, qcode = img.get_qform(coded=True)
+        sform, scode = img.get_sform(coded=True)
+        assert qcode == scode == 1
+        np.testing.assert_allclose(qform, sform, atol=1e-5)
+        centre = img.affine @ np.array([7.5, 7.5, 7.5, 1.0])
+        np.testing.assert_allclose(centre[:3], 0, atol=1e-5)
+
+        # SimpleITK works in LPS: its origin and direction are nibabel's RAS affine with x, y negated.
+        image = sitk.ReadImage(str(path))
+        lps = np.diag([-1.0, -1.0, 1.0])
+        np.testing.assert_allclose(image.GetSpacing(), SPACING)
+        np.testing.assert_allclose(image.GetOrigin(), lps @ img.affine[:3, 3], atol=1e-4)
+        np.testing.assert_allclose(
+            np.reshape(image.GetDirection(), (3, 3)), lps @ (img.affine[:3, :3] / SPACING)
+        )
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(image).transpose(2, 1, 0), data)
+
+
+def test_manifest_records_provenance(run: Path, first: Path):
+    manifest = json.loads((first / "manifest.json").read_text())
+    ema = run / "checkpoints" / "step-00000002" / "ema.safetensors"
+    assert manifest["status"] == "complete"
+    assert manifest["checkpoint"]["sha256"] == hashlib.sha256(ema.read_bytes()).hexdigest()
+    assert manifest["checkpoint"]["step"] == 2
+    assert (manifest["sampler"], manifest["steps"], manifest["eta"]) == ("dpm++", 3, 0.0)
+    assert [(s["file"], s["seed"]) for s in manifest["samples"]] == [
+        (sample_name(i, "nii.gz"), i) for i in range(3)
+    ]
+    assert manifest["seconds_per_volume"] > 0
+    assert manifest["precision"] == "fp32" and manifest["device"] == "cpu"
+    assert manifest["geometry"]["spacing"] == list(SPACING)
+    assert manifest["intensity"] == {"modality": "ct", "units": "HU", "dtype": "int16"}
+    assert {"torch", "monai", "medddpm"} <= set(manifest["versions"])
+    assert (first / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sample_i_comes_from_seed_plus_i(run: Path, first: Path, tmp_path: Path, capsys):
+    code, err = cli(
+        capsys, run, "--output", tmp_path / "s1", "--num", "2", "--seed", "1", "--batch-size", "1", *FAST
+    )
+    assert code == 0, err
+    # The same seed gives the same voxels (CPU, fp32), whichever position it has in the run.
+    np.testing.assert_array_equal(voxels(tmp_path / "s1", 0), voxels(first, 1))
+    np.testing.assert_array_equal(voxels(tmp_path / "s1", 1), voxels(first, 2))
+    # Different seeds give different volumes.
+    assert (voxels(first, 1) != voxels(first, 2)).mean() > 0.2
+
+
+def test_batch_size_does_not_change_samples(run: Path, first: Path, tmp_path: Path, capsys):
+    code, err = cli(capsys, run, "--output", tmp_path / "b3", "--num", "3", "--batch-size", "3", *FAST)
+    assert code == 0, err
+    for i in range(3):
+        a, b = voxels(first, i), voxels(tmp_path / "b3", i)
+        # Batched kernels round differently (~1e-7 in model space); int16 rounding can turn that
+        # into 1 HU on a voxel that sits on a rounding boundary, nothing more.
+        assert np.abs(a - b).max() <= 1
+        assert (a == b).mean() > 0.99
+
+
+def test_interrupted_folder_is_completed_and_kept(run: Path, first: Path, tmp_path: Path, capsys):
+    out = Path(shutil.copytree(first, tmp_path / "out"))
+    (out / "sample_0001.nii.gz").unlink()
+    (out / ".sample_0002-x1y2.nii.gz").write_bytes(b"half-written")  # a crash mid-write leaves these
+    old = 1_000_000_000
+    for i in (0, 2):
+        os.utime(out / sample_name(i, "nii.gz"), (old, old))
+
+    code, err = cli(capsys, run, "--output", out, "--num", "3", "--batch-size", "1", *FAST)
+    assert code == 0, err
+    assert "1 drawn, 2 already there" in " ".join(err.split())
+    for i in (0, 2):
+        assert (out / sample_name(i, "nii.gz")).stat().st_mtime == old
+    np.testing.assert_array_equal(voxels(out, 1), voxels(first, 1))
+    assert not (out / ".sample_0002-x1y2.nii.gz").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and len(manifest["samples"]) == 3
+
+
+def test_another_recipe_is_refused_then_overwritten(run: Path, first: Path, tmp_path: Path, capsys):
+    out = Path(shutil.copytree(first, tmp_path / "out"))
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    code, err = cli(capsys, run, "--output", out, "--num", "3", "--sampler", "ddim", *FAST)
+    assert code == 2
+    assert err.count("\n") == 1 and str(out) in err and "sampler" in err and "--overwrite" in err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+    code, err = cli(capsys, run, "--output", out, "--num", "1", "--sampler", "ddim", "--overwrite", *FAST)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "preview.png", "sample_0000.nii.gz"]
+    assert json.loads((out / "manifest.json").read_text())["sampler"] == "ddim"
+
+
+def test_mri_checkpoint_writes_unit_scale_float_mha_with_raw_weights(
+    checkpoint_copy: Path, tmp_path: Path, capsys
+):
+    meta = json.loads((checkpoint_copy / "meta.json").read_text())
+    meta["config"]["data"]["modality"] = "mri"
+    (checkpoint_copy / "meta.json").write_text(json.dumps(meta))
+    out = tmp_path / "mri"
+    code, err = cli(
+        capsys, checkpoint_copy, "--output", out, "--num", "1", "--format", "mha", "--no-ema", *FAST
+    )
+    assert code == 0, err
+    assert json.loads((out / "manifest.json").read_text())["checkpoint"]["weights"] == "model.safetensors"
+    image = sitk.ReadImage(str(out / "sample_0000.mha"))
+    data = sitk.GetArrayFromImage(image)
+    assert data.dtype == np.float32 and data.shape == (16, 16, 16)
+    assert data.min() >= 0.0 and data.max() <= 1.0
+    np.testing.assert_allclose(image.GetSpacing(), SPACING)
+    np.testing.assert_allclose(image.GetDirection(), [-1, 0, 0, 0, -1, 0, 0, 0, 1])
+    np.testing.assert_allclose(image.GetOrigin(), [7.5 * 2.0, 7.5 * 2.5, -7.5 * 3.0])
+
+
+def _damage(kind: str, run: Path, checkpoint: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """(RUN_DIR to pass, path the message must name) for each kind of bad checkpoint."""
+    if kind == "missing":
+        return tmp_path / "nowhere", tmp_path / "nowhere"
+    if kind == "no checkpoint":
+        (tmp_path / "empty_run").mkdir()
+        return tmp_path / "empty_run", tmp_path / "empty_run"
+    if kind == "half-written":
+        (checkpoint / "ema.safetensors").unlink()
+        return checkpoint, checkpoint
+    if kind == "corrupt weights":
+        weights = checkpoint / "ema.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+        return checkpoint, weights
+    if kind == "config does not fit weights":
+        meta = json.loads((checkpoint / "meta.json").read_text())
+        meta["config"]["model"]["channels"] = [16, 32]
+        (checkpoint / "meta.json").write_text(json.dumps(meta))
+        return checkpoint, checkpoint / "ema.safetensors"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind", ["missing", "no checkpoint", "half-written", "corrupt weights", "config does not fit weights"]
+)
+def test_bad_checkpoint_is_one_line_exit_2_and_writes_nothing(
+    kind: str, run: Path, checkpoint_copy: Path, tmp_path: Path, capsys
+):
+    run_dir, named = _damage(kind, run, checkpoint_copy, tmp_path)
+    out = tmp_path / "out"
+    code, err = cli(capsys, run_dir, "--output", out, "--num", "2")
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error:") and str(named) in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--num", "0"], "--num"),
+        (["--num", "2", "--sampler", "euler"], "--sampler"),
+        (["--num", "2", "--format", "png"], "--format"),
+        (["--num", "2", "--steps", "0"], "--steps"),
+        (["--num", "2", "--sampler", "ddim", "--eta", "2"], "--eta"),
+        (["--num", "2", "--checkpoint", "step-7"], "step-7"),
+        (["--num", "2", "--precision", "fp64"], "--precision"),
+    ],
+)
+def test_bad_option_is_one_line_exit_2_and_writes_nothing(run: Path, tmp_path: Path, capsys, args, option):
+    out = tmp_path / "out"
+    code, err = cli(capsys, run, "--output", out, *args)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error:") and option in err
+    assert not out.exists()
+
+
+def test_foreign_folder_is_refused(run: Path, tmp_path: Path, capsys):
+    out = tmp_path / "scans"
+    out.mkdir()
+    (out / "patient.nii.gz").write_bytes(b"not ours")
+    code, err = cli(capsys, run, "--output", out, "--num", "1")
+    assert code == 2 and err.count("\n") == 1 and str(out) in err
+    assert [p.name for p in out.iterdir()] == ["patient.nii.gz"]
+
+
+def test_processes_share_samples_by_index():
+    shares = [shard(list(range(10)), rank, 3) for rank in range(3)]
+    assert shares == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+
+
+def test_checkpoint_is_found_from_a_run_or_a_checkpoint_folder(run: Path):
+    step = run / "checkpoints" / "step-00000002"
+    assert find_checkpoint(run) == step
+    assert find_checkpoint(run, "step-2") == step
+    assert find_checkpoint(step) == step
+    assert find_checkpoint(step, "step-2") == step
+    assert find_checkpoint(run, str(step)) == step

@@ -1,0 +1,145 @@
+"""The peak-memory estimate: it follows the levers, matches a measured CPU step, and sizes ct-128."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medddpm.config import build_config
+from medddpm.models.memory import GIB, MeasuredStep, _EstimationMode, estimate_memory
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def config(size: int, preset: str | None = None, **model):
+    overrides = [f"data.image_size={size}"]
+    overrides += [f"model.{k}={str(v).lower()}" for k, v in model.items()]
+    return build_config(preset, overrides)
+
+
+def activations(
+    size: int = 32, precision: str = "fp32", batch: int = 1, device: str = "cuda", **model
+) -> float:
+    return estimate_memory(config(size, **model), precision, batch, device=device).activations_gib
+
+
+def test_levers_move_the_estimate_the_right_way():
+    base = activations()
+    assert activations(gradient_checkpointing=True) < 0.8 * base
+    assert activations(batch=2) == pytest.approx(2 * base, rel=0.02)
+    # CPU autocast runs GroupNorm and SiLU in bf16 too: about half. CUDA autocast runs GroupNorm in
+    # fp32, so its input, output and the SiLU after it stay fp32: only conv / linear inputs halve.
+    assert 0.45 < activations(precision="bf16", device="cpu") / base < 0.6
+    assert 0.75 < activations(precision="bf16", device="cuda") / base < 0.95
+    e = estimate_memory(config(32), "fp32", 1)
+    assert e.total_gib == pytest.approx(5 * e.weights_gib + e.activations_gib)
+
+
+def test_flash_attention_drops_the_attention_matrices():
+    """Default model at 64³: attention at 16³ = 4096 tokens, 2 heads of 32 channels, in 4 layers
+    (down, middle, 2 up). Without flash each layer keeps its softmax output, heads x N² fp32."""
+    n, heads, layers = 16**3, 2, 4
+    saved = activations(64, use_flash_attention=False) - activations(64, use_flash_attention=True)
+    matrices = layers * heads * n * n * 4 / GIB
+    assert saved == pytest.approx(matrices, rel=0.05)
+
+
+def test_estimate_matches_a_measured_cpu_step():
+    """Default model at 16³, batch 1, fp32, one real training step (warm-up step first).
+
+    The activations (what the graph holds when the forward pass ends) agree within 10 %. The peak
+    may exceed the estimate by CPU conv3d's im2col buffer (C_in x 27 x voxels x 4 bytes, ~28 MiB
+    here, freed after each convolution; not modelled, since GPUs have no such buffer): within 30 %.
+    """
+    cfg = config(16)
+    estimate = estimate_memory(cfg, "fp32", 1, device="cpu")
+    measured = _measure_in_fresh_process(16)
+    assert measured.activations_gib == pytest.approx(estimate.activations_gib, rel=0.10)
+    assert estimate.total_gib <= measured.peak_gib <= 1.30 * estimate.total_gib
+    assert measured.state_gib == pytest.approx(4 * estimate.weights_gib, rel=0.01)  # weights, AdamW, EMA
+
+
+def _measure_in_fresh_process(size: int):
+    """The resident-memory meter needs a process whose allocator has not been through other tests."""
+    code = (
+        "import json, dataclasses;"
+        "from medddpm.config import build_config;"
+        "from medddpm.models.memory import measure_training_step;"
+        f"m = measure_training_step(build_config(None, ['data.image_size={size}']), 'fp32', 1, device='cpu');"
+        "print(json.dumps(dataclasses.asdict(m)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return MeasuredStep(**json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_ct128_fits_24_gb():
+    """The ct-128 preset at its own settings (128³, batch 1, bf16, flash, checkpointing), with 15 %
+    headroom for what the estimate leaves out and 0.5 GiB of CUDA context, fits 24 GB = 22.35 GiB."""
+    cfg = build_config("ct-128")
+    assert cfg.data.image_size == (128, 128, 128) and cfg.train.batch_size == 1
+    estimate = estimate_memory(cfg, cfg.train.precision, 1, device="cuda")
+    assert estimate.total_gib * 1.15 + 0.5 < 24e9 / GIB
+
+
+OPS = {
+    "conv3d": lambda d: F.conv3d(torch.ones(1, 4, 4, 4, 4, device=d), torch.ones(4, 4, 3, 3, 3, device=d)),
+    "linear": lambda d: F.linear(torch.ones(3, 8, device=d), torch.ones(5, 8, device=d)),
+    "einsum": lambda d: torch.einsum(
+        "bij,bjk->bik", torch.ones(1, 3, 4, device=d), torch.ones(1, 4, 5, device=d)
+    ),
+    "matmul": lambda d: torch.matmul(torch.ones(3, 4, device=d), torch.ones(4, 5, device=d)),
+    "sdpa": lambda d: F.scaled_dot_product_attention(*(torch.ones(1, 2, 8, 4, device=d) for _ in range(3))),
+    # from bf16 inputs: which of these does autocast lift to fp32?
+    "group_norm": lambda d: F.group_norm(torch.ones(1, 4, 2, 2, 2, device=d, dtype=torch.bfloat16), 2),
+    "softmax": lambda d: torch.ones(3, 4, device=d, dtype=torch.bfloat16).softmax(-1),
+    "interpolate": lambda d: F.interpolate(
+        torch.ones(1, 1, 2, 2, 2, device=d, dtype=torch.bfloat16), scale_factor=2.0
+    ),
+    "mse_loss": lambda d: F.mse_loss(*(torch.ones(3, device=d, dtype=torch.bfloat16) for _ in range(2))),
+    "silu": lambda d: F.silu(torch.ones(3, device=d, dtype=torch.bfloat16)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_autocast_rules_match_torch(name: str):
+    """The estimate's autocast stand-in gives each op the dtype torch's autocast gives it.
+
+    CPU: real autocast. CUDA without a GPU: fake CUDA tensors (no storage) under CUDA autocast.
+    """
+    op = OPS[name]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cpu = op("cpu").dtype
+    with _EstimationMode(torch.bfloat16, "cpu", flash=False):
+        assert op("meta").dtype == cpu
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    try:
+        with FakeTensorMode():
+            enabled = torch.is_autocast_enabled("cuda")
+            torch.set_autocast_enabled("cuda", True)
+            torch.set_autocast_dtype("cuda", torch.bfloat16)
+            try:
+                cuda = op("cuda").dtype
+            finally:
+                torch.set_autocast_enabled("cuda", enabled)
+    except RuntimeError as e:  # a torch build that cannot fake CUDA tensors
+        pytest.skip(f"no fake CUDA tensors here: {e}")
+    with _EstimationMode(torch.bfloat16, "cuda", flash=False):
+        assert op("meta").dtype == cuda
+
+
+def test_reduced_cuda_benchmark_runs_without_a_gpu():
+    spec = importlib.util.spec_from_file_location("bench_memory", REPO / "benchmarks" / "bench_memory.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    title, results = bench.cuda_measurements("ct-128", reduced=True)
+    assert len(results) == 2 and all(r["measured_peak_gib"] > r["measured_state_gib"] > 0 for r in results)
+    table = bench.measured_table(results, title)
+    assert table.count("| tiny | 8³ |") == 2

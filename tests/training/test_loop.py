@@ -1,0 +1,145 @@
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medddpm.config import build_config
+from medddpm.errors import InputError, TrainingAborted
+from medddpm.training.checkpoint import list_checkpoints, open_checkpoint, resolve_checkpoint
+from medddpm.training.loop import batch_indices, lr_lambda, train
+from tests.conftest import write_nifti
+
+
+def tiny(*overrides: str):
+    return build_config("tiny", list(overrides))
+
+
+def weights(run: Path, step: int, name: str) -> dict[str, torch.Tensor]:
+    return load_file(run / "checkpoints" / f"step-{step:08d}" / name)
+
+
+def interrupt_at(step: int):
+    """An on_step callback that presses Ctrl-C once the loop has finished ``step``."""
+
+    def on_step(entry) -> None:
+        if entry.step == step:
+            raise KeyboardInterrupt
+
+    return on_step
+
+
+def test_resume_gives_identical_weights(scan_dir: Path, tmp_path: Path):
+    """4 steps straight == 2 steps, interrupted (Ctrl-C writes a checkpoint), then resumed for 2 more.
+
+    The LR schedule spans max_steps, so both runs are configured for 4 steps.
+    """
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    cfg = tiny("train.max_steps=4", "train.checkpoint_every=3")
+    train(cfg, scan_dir, straight)
+    first = train(cfg, scan_dir, split, on_step=interrupt_at(2))
+    assert first.interrupted and first.step == 2 and first.checkpoint.name == "step-00000002"
+    assert train(cfg, scan_dir, split, resume=True).step == 4
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = weights(straight, 4, name), weights(split, 4, name)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{name}:{k}")
+    rows = list(csv.DictReader((split / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    straight_rows = list(csv.DictReader((straight / "metrics.csv").open()))
+    assert [r["loss"] for r in rows] == [r["loss"] for r in straight_rows]
+
+
+def test_run_folder_contents(scan_dir: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    result = train(tiny("train.max_steps=3", "train.checkpoint_every=1", "train.keep_last=2"), scan_dir, run)
+    assert result.step == 3
+    assert [s for s, _ in list_checkpoints(run)] == [2, 3]  # keep_last
+    ckpt = open_checkpoint(resolve_checkpoint("latest", run))
+    assert ckpt.step == 3 and ckpt.config.train.max_steps == 3
+    assert ckpt.meta["output_spacing"] == [2.0, 2.5, 3.0]
+    state = ckpt.training_state()  # loads with weights_only=True
+    assert state["step"] == 3 and "optimizer" in state
+    assert not any(p.name.startswith(".") for p in (run / "checkpoints").iterdir())
+    for name in ("config.yaml", "dataset.json", "metrics.csv"):
+        assert (run / name).is_file()
+    assert json.loads((run / "dataset.json").read_text())["n_used"] == 4
+    # the EMA moved away from the raw weights but not far
+    model, ema = weights(run, 3, "model.safetensors"), weights(run, 3, "ema.safetensors")
+    assert any(not torch.equal(model[k], ema[k]) for k in model)
+
+
+def test_refuses_non_empty_run_dir(scan_dir: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("mine")
+    with pytest.raises(InputError, match="--resume"):
+        train(tiny(), scan_dir, run)
+    assert (run / "keep.txt").read_text() == "mine"
+
+
+def test_overwrite_starts_again_and_keeps_other_files(scan_dir: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    train(tiny("train.max_steps=2"), scan_dir, run)
+    (run / "notes.txt").write_text("mine")
+    train(tiny("train.max_steps=1", "train.checkpoint_every=1"), scan_dir, run, overwrite=True)
+    assert [s for s, _ in list_checkpoints(run)] == [1]
+    assert (run / "notes.txt").read_text() == "mine"
+
+
+def test_resume_refuses_a_changed_model(scan_dir: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    train(tiny("train.max_steps=2"), scan_dir, run)
+    with pytest.raises(InputError, match="model.channels"):
+        train(tiny("train.max_steps=4", "model.channels=[16, 16]"), scan_dir, run, resume=True)
+
+
+def test_preflight_failure_and_skip_invalid(scan_dir: Path, tmp_path: Path):
+    (scan_dir / "text.nii.gz").write_text("not a scan")
+    write_nifti(scan_dir / "nan.nii.gz", np.full((6, 6, 6), np.nan, np.float32))
+    with pytest.raises(InputError) as e:
+        train(tiny(), scan_dir, tmp_path / "a")
+    assert "text.nii.gz" in str(e.value) and "nan.nii.gz" in str(e.value)
+    result = train(tiny("train.max_steps=1"), scan_dir, tmp_path / "b", skip_invalid=True)
+    record = json.loads((tmp_path / "b" / "dataset.json").read_text())
+    assert result.step == 1 and record["n_used"] == 4 and record["n_skipped"] == 2
+
+
+def test_nonfinite_losses_abort_with_advice(scan_dir: Path, tmp_path: Path):
+    with pytest.raises(TrainingAborted, match="fp32|lower"):
+        train(
+            tiny("train.lr=1e30", "train.max_steps=40", "train.max_nonfinite=3", "train.grad_clip=0"),
+            scan_dir,
+            tmp_path / "run",
+        )
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert int(rows[-1]["skipped_nonfinite"]) >= 1
+
+
+def test_gradient_accumulation_and_checkpointing_run(scan_dir: Path, tmp_path: Path):
+    cfg = tiny(
+        "train.max_steps=2",
+        "train.grad_accum=2",
+        "model.gradient_checkpointing=true",
+        "train.preview_every=2",
+        "train.preview_num=2",
+        "train.preview_steps=2",
+    )
+    train(cfg, scan_dir, tmp_path / "run")
+    assert (tmp_path / "run" / "previews" / "step-00000002.png").stat().st_size > 1000
+
+
+def test_batches_cover_each_epoch_once():
+    seen = [i for b in range(5) for i in batch_indices(b * 2, 2, 10, seed=3)]
+    assert sorted(seen) == list(range(10))
+    assert batch_indices(0, 2, 10, seed=3) != batch_indices(0, 2, 10, seed=4)
+
+
+def test_lr_warmup_then_cosine():
+    f = lr_lambda(10, 110, 0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1)
