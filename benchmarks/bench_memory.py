@@ -138,8 +138,13 @@ def cpu_measurements(cases=CPU_CASES) -> list[dict]:
     ]
 
 
-def cuda_measurements(preset: str, reduced: bool = False) -> tuple[str, list[dict]]:
-    """Real peak memory and step time on CUDA at 64³ and 128³ with every lever on and off.
+def cuda_measurements(
+    preset: str, reduced: bool = False, cuda_sizes: tuple[int, ...] = (64, 128)
+) -> tuple[str, list[dict]]:
+    """Real peak memory and step time on CUDA at ``cuda_sizes`` with every lever on and off.
+
+    Each result is also printed as one JSON line as soon as it is measured, so a run stopped by a time
+    limit still leaves the cases it finished.
 
     ``reduced`` (or no CUDA device): the tiny config at 8³ on CPU, fp32, levers all off then all
     on, one step per case, all in this process; the CUDA-only parts are skipped.
@@ -147,7 +152,7 @@ def cuda_measurements(preset: str, reduced: bool = False) -> tuple[str, list[dic
     import torch
 
     if torch.cuda.is_available() and not reduced:
-        device, sizes, levers, steps = "cuda", [64, 128], LEVERS, 5
+        device, sizes, levers, steps = "cuda", list(cuda_sizes), LEVERS, 5
         title = f"CUDA measurements, `{preset}` model, batch 1, {torch.cuda.get_device_name()}:"
     else:
         device, sizes, steps = "cpu", [8], 1
@@ -167,6 +172,7 @@ def cuda_measurements(preset: str, reduced: bool = False) -> tuple[str, list[dic
         }
         try:
             results.append(run_isolated(case) if device == "cuda" else measure_one(case))
+            print("measured:", json.dumps(results[-1]), flush=True)
         except RuntimeError as e:
             if "out of memory" not in str(e).lower():
                 raise
@@ -199,7 +205,7 @@ def main() -> None:
     print(f"command: python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}".rstrip())
     print()
     if args.cuda:
-        title, results = cuda_measurements(args.config, args.reduced)
+        title, results = cuda_measurements(args.config, args.reduced, tuple(args.sizes))
         print(measured_table(results, title))
         return
     print(estimates_table(args.config, args.sizes))

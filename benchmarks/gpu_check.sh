@@ -9,15 +9,18 @@
 # benchmarks/README.md) and are installed into /tmp/site. Everything printed also goes to files
 # in $OUT (default ./gpu_check_out): gpu_check.log (all of it), one log and one JSON per stage.
 #
-# Stages (each under its own time limit; a stage that would pass the overall deadline is skipped):
+# Stages, most important first (each under its own time limit; a stage that would pass the overall
+# deadline is skipped and says so):
 #   1. bench_train 64³ and 128³: the MONAI tutorial loop (fp16 autocast, as the notebook runs it)
-#      against medddpm bf16 + torch.compile, with FLOPs and achieved TFLOP/s vs 989 (H100 bf16 dense)
-#   2. the same with gradient checkpointing
-#   3. bench_train 64³ against an fp32 tutorial loop
-#   4. bench_train 64³ with medddpm in both layouts, NCDHW and channels-last 3D, in the same turns
+#      against medddpm bf16 + torch.compile, with FLOPs and achieved TFLOP/s vs 989 (H100 bf16 dense);
+#      a side that runs out of GPU memory is a row that says so
+#   2. bench_memory.py --cuda --sizes 128: real peak memory and step time at 128³ with each lever
+#   3. bench_train 128³ with gradient checkpointing
+#   4. bench_train 64³ against an fp32 tutorial loop
 #   5. bench_data 128³: steps fed from the NIfTI cache vs from memory vs from the GPU (the data path)
-#   6. benchmarks/bench_memory.py --cuda, if present
-#   7. benchmarks/bench_sampling.py, reduced, if present
+#   6. bench_sampling.py, reduced
+#   7. bench_train 64³ with medddpm in both layouts, NCDHW and channels-last 3D (two compiles)
+# At the end $OUT/gpu_check.tgz holds every log and JSON: one file to bring back.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -89,18 +92,26 @@ if [[ "$DRY" == "1" ]]; then
     COMMON=(--device cpu --config tiny --steps 1 --repeats 1 --warmup 1 --ref-workers 0 --num-scans 2 --flops --threads 1)
     BIG=(--sizes 16)
     SMALL=(--sizes 16)
+    LARGE=(--sizes 16)
     COMPILE=()
 else
     COMMON=(--device cuda --steps 5 --repeats 3 --flops)
     BIG=(--sizes 64 128)
     SMALL=(--sizes 64)
+    LARGE=(--sizes 128)
     COMPILE=(--compile)
 fi
 
 stage train_bf16_compile 200 $BT "${COMMON[@]}" "${BIG[@]}" --precision bf16 "${COMPILE[@]}" --json "$OUT/train_bf16_compile.json"
-stage train_bf16_compile_checkpointing 130 $BT "${COMMON[@]}" "${BIG[@]}" --precision bf16 "${COMPILE[@]}" --checkpointing --json "$OUT/train_bf16_compile_checkpointing.json"
+
+if [[ "$DRY" == "1" ]]; then
+    stage memory 60 "$PY" benchmarks/bench_memory.py --cuda --reduced --no-cpu
+else
+    stage memory 120 "$PY" benchmarks/bench_memory.py --cuda --no-cpu --sizes 128
+fi
+
+stage train_bf16_compile_checkpointing 100 $BT "${COMMON[@]}" "${LARGE[@]}" --precision bf16 "${COMPILE[@]}" --checkpointing --json "$OUT/train_bf16_compile_checkpointing.json"
 stage train_vs_fp32_tutorial 60 $BT "${COMMON[@]}" "${SMALL[@]}" --precision bf16 "${COMPILE[@]}" --ref-precision fp32 --json "$OUT/train_vs_fp32_tutorial.json"
-stage train_layouts 60 $BT "${COMMON[@]}" "${SMALL[@]}" --precision bf16 "${COMPILE[@]}" --compare-layouts --json "$OUT/train_layouts.json"
 
 if [[ "$DRY" == "1" ]]; then
     stage data 60 "$PY" benchmarks/bench_data.py --device cpu --config tiny --size 16 --steps 1 --repeats 1 --num-scans 2 --assembly-iterations 3 --threads 1 --json "$OUT/data.json"
@@ -108,25 +119,13 @@ else
     stage data 60 "$PY" benchmarks/bench_data.py --device cuda --config default --size 128 --steps 3 --repeats 3 --assembly-iterations 30 --json "$OUT/data.json"
 fi
 
-if [[ -f benchmarks/bench_memory.py ]]; then
-    if [[ "$DRY" == "1" ]]; then
-        stage memory 60 "$PY" benchmarks/bench_memory.py --cuda --reduced --no-cpu
-    else
-        stage memory 60 "$PY" benchmarks/bench_memory.py --cuda --no-cpu
-    fi
+if [[ "$DRY" == "1" ]]; then
+    stage sampling 60 "$PY" benchmarks/bench_sampling.py --out "${TMPDIR:-/tmp}/gpu_check_sampling_dry" --train-steps 2 --n-train 4 --num 4 --batch-size 4 --only dpm++-10 --threads 1
 else
-    say "== memory: benchmarks/bench_memory.py not present, skipped"
+    stage sampling 90 "$PY" benchmarks/bench_sampling.py --out /tmp/gpu_check_sampling --train-steps 300 --n-train 64 --num 16 --batch-size 16 --only ddpm-1000 ddim-50 dpm++-25
 fi
 
-if [[ -f benchmarks/bench_sampling.py ]]; then
-    if [[ "$DRY" == "1" ]]; then
-        stage sampling 60 "$PY" benchmarks/bench_sampling.py --out "${TMPDIR:-/tmp}/gpu_check_sampling_dry" --train-steps 2 --n-train 4 --num 4 --batch-size 4 --only dpm++-10 --threads 1
-    else
-        stage sampling 90 "$PY" benchmarks/bench_sampling.py --out /tmp/gpu_check_sampling --train-steps 300 --n-train 64 --num 16 --batch-size 16 --only ddpm-1000 ddim-50 dpm++-25
-    fi
-else
-    say "== sampling: benchmarks/bench_sampling.py not present, skipped"
-fi
+stage train_layouts 120 $BT "${COMMON[@]}" "${SMALL[@]}" --precision bf16 "${COMPILE[@]}" --compare-layouts --json "$OUT/train_layouts.json"
 
 # Summary: the result tables of the training stages, one after the other.
 {
@@ -139,3 +138,4 @@ fi
     done
 } >"$OUT/summary.txt"
 cat "$OUT/summary.txt" | tee -a "$LOG"
+tar -czf "$OUT/gpu_check.tgz" -C "$OUT" --exclude gpu_check.tgz . 2>/dev/null && say "all logs and JSON: $OUT/gpu_check.tgz"
