@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,8 +34,6 @@ DEFAULT_MINUTES = 7.0
 DEFAULT_SUBJECTS = 64
 HELDOUT_FRACTION = 0.25
 COHORT_RECORD = "cohort.json"
-DEMO_PARTS = ("cohort", "run", "samples", "report")
-"""What the demo writes into its folder (and all that ``overwrite`` deletes)."""
 INSTALL_HINT = 'the demo needs nilearn, which ships the MNI152 template: pip install "medddpm[demo]"'
 
 
@@ -149,6 +146,7 @@ def make_cohort(
     from monai.transforms import Resize
 
     from medddpm.data.nifti import write_volume
+    from medddpm.output_folder import atomic_path
 
     if n_subjects < 2:
         raise InputError(f"the demo cohort needs at least 2 subjects; got {n_subjects}")
@@ -182,7 +180,8 @@ def make_cohort(
         "seed": seed,
         "transforms": [type(t).__name__ for t in transforms.transforms],
     }
-    (out_dir / COHORT_RECORD).write_text(json.dumps(record, indent=2))
+    with atomic_path(out_dir / COHORT_RECORD) as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
     log(
         f"Cohort: {len(train)} training and {len(heldout)} held-out scans, {image_size}³ at {spacing:g} mm, "
         f"in {out_dir} ({time.perf_counter() - t0:.0f} s)"
@@ -214,19 +213,14 @@ class DemoResult:
 
 
 def check_demo_folder(output: Path, overwrite: bool) -> None:
-    """Refuse a non-empty folder unless ``overwrite``, which deletes only what a demo writes there."""
-    if output.exists() and not output.is_dir():
-        raise InputError("exists and is not a folder", output)
-    if not output.is_dir() or not any(output.iterdir()):
-        return
-    if not overwrite:
-        raise InputError(
-            "output folder is not empty; pass --overwrite to run the demo again here "
-            f"(it replaces {', '.join(p + '/' for p in DEMO_PARTS)}) or choose another --output",
-            output,
-        )
-    for part in DEMO_PARTS:
-        shutil.rmtree(output / part, ignore_errors=True)
+    """Refuse a folder the demo cannot write, or a non-empty one unless ``overwrite``; writes nothing.
+
+    medddpm.output_folder's policy: DEMO_FOLDER says what ``overwrite`` then deletes (the demo's
+    four parts, nothing else).
+    """
+    from medddpm.output_folder import DEMO_FOLDER, check_output
+
+    check_output(output, DEMO_FOLDER, overwrite=overwrite)
 
 
 def idle_cores() -> int:
@@ -283,6 +277,7 @@ def run_demo(
     from medddpm.config import build_config
     from medddpm.evaluation.measure import evaluate
     from medddpm.inference.sample_to_folder import sample_to_folder
+    from medddpm.output_folder import DEMO_FOLDER, prepare_output
     from medddpm.runtime import stopwatch, torch_threads
     from medddpm.training.loop import train
 
@@ -310,6 +305,7 @@ def run_demo(
     if len(set(size)) != 1:
         raise InputError(f"the demo cohort is a cube: data.image_size must be one number, not {list(size)}")
     check_demo_folder(output, overwrite)
+    prepare_output(output, DEMO_FOLDER, clear=overwrite)
     seconds: dict[str, float] = {}
     stage = stopwatch(seconds)
     threads = idle_cores() if threads is None else threads
