@@ -11,6 +11,9 @@
 
 The cohort is one template deformed many times: it shows the tool end to end in minutes on a
 CPU, and the figures it yields are for that cohort only, not a benchmark of anything.
+
+May import: ``medddpm.config``, ``errors``, ``runtime``, ``output_folder``, ``data``, ``training``,
+``inference``, ``evaluation`` (it runs the whole pipeline).
 """
 
 from __future__ import annotations
@@ -209,6 +212,8 @@ class DemoResult:
     training_preview: Path | None
     """The run's last preview PNG (EMA samples at the final step)."""
     metrics: dict[str, Any]
+    threads: int
+    """Torch CPU threads the demo ran with."""
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -221,22 +226,6 @@ def check_demo_folder(output: Path, overwrite: bool) -> None:
     from medddpm.output_folder import DEMO_FOLDER, check_output
 
     check_output(output, DEMO_FOLDER, overwrite=overwrite)
-
-
-def idle_cores() -> int:
-    """CPU cores not kept busy by other programs (cores minus the 1-minute load average), at least 1.
-
-    On a shared CPU, OpenMP threads that outnumber the idle cores wait for one another at every
-    parallel region: with a load of 8 on 2 cores, a 3D U-Net step ran 1.4x faster on 1 thread than on 2.
-    """
-    import os
-
-    cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:  # not available on this platform
-        return cores
-    return max(1, min(cores, round(cores - load)))
 
 
 def _require_nilearn() -> None:
@@ -271,14 +260,15 @@ def run_demo(
     ``overrides`` as for ``--set``) for ``minutes`` of training steps (None: DEFAULT_MINUTES), draws
     ``num_samples`` volumes with the config's sampler, and evaluates them against the held-out
     quarter, both preprocessed with the run's transforms. ``threads``: torch CPU threads while the
-    demo runs (None: ``idle_cores()``; the previous setting is restored). ``on_step`` receives
-    training's StepLog; ``on_volumes`` and ``on_sample_step`` are sampling's progress callbacks.
+    demo runs (None: every core this process may use, ``available_cores()``; the previous setting
+    is restored afterwards). ``on_step`` receives training's StepLog; ``on_volumes`` and
+    ``on_sample_step`` are sampling's progress callbacks.
     """
     from medddpm.config import build_config
     from medddpm.evaluation.measure import evaluate
     from medddpm.inference.sample_to_folder import sample_to_folder
     from medddpm.output_folder import DEMO_FOLDER, prepare_output
-    from medddpm.runtime import stopwatch, torch_threads
+    from medddpm.runtime import available_cores, stopwatch, torch_threads
     from medddpm.training.loop import train
 
     output = Path(output)
@@ -287,7 +277,7 @@ def run_demo(
     if not minutes > 0:
         raise InputError(f"--minutes must be above 0; got {minutes:g}")
     if threads is not None and threads < 1:
-        raise InputError(f"threads must be at least 1; got {threads}")
+        raise InputError(f"--threads must be at least 1; got {threads}")
     if num_samples < 2:
         raise InputError(f"the demo needs at least 2 samples to evaluate; got {num_samples}")
     _require_nilearn()
@@ -308,7 +298,7 @@ def run_demo(
     prepare_output(output, DEMO_FOLDER, clear=overwrite)
     seconds: dict[str, float] = {}
     stage = stopwatch(seconds)
-    threads = idle_cores() if threads is None else threads
+    threads = available_cores() if threads is None else threads
     with torch_threads(threads):
         with stage("cohort"):
             cohort = make_cohort(output / "cohort", n_subjects, size[0], seed, log=log)
@@ -354,5 +344,6 @@ def run_demo(
         samples_preview=sampled.out_dir / "preview.png",
         training_preview=previews[-1] if previews else None,
         metrics=evaluated.metrics,
+        threads=threads,
         seconds=seconds,
     )
