@@ -90,7 +90,7 @@ class ModelConfig(Section):
     num_res_blocks: int = 1
     """Residual blocks per level; one keeps 3D memory in check."""
     num_head_channels: int = 32
-    """Channels per attention head."""
+    """Channels per attention head; must divide the channels at levels with attention and the last level."""
     norm_num_groups: int = 16
     """GroupNorm groups; must divide every entry of channels."""
     use_flash_attention: bool = True
@@ -105,8 +105,17 @@ class ModelConfig(Section):
         for c in self.channels:
             if c % self.norm_num_groups:
                 raise ValueError(f"norm_num_groups={self.norm_num_groups} must divide channel count {c}")
-            if c % self.num_head_channels and any(self.attention_levels):
-                raise ValueError(f"num_head_channels={self.num_head_channels} must divide channel count {c}")
+        # MONAI's DiffusionModelUNet splits channels into heads only where it builds attention: at
+        # the levels of attention_levels, and always in the middle block (at the last level's
+        # channels). Levels without attention need not divide.
+        last = len(self.channels) - 1
+        for level, (c, attention) in enumerate(zip(self.channels, self.attention_levels, strict=True)):
+            if (attention or level == last) and c % self.num_head_channels:
+                where = "has attention" if attention else "feeds the middle block, which always has attention"
+                raise ValueError(
+                    f"num_head_channels={self.num_head_channels} must divide channel count {c} "
+                    f"of level {level}, which {where}"
+                )
         return self
 
 

@@ -11,13 +11,15 @@
 
 The cohort is one template deformed many times: it shows the tool end to end in minutes on a
 CPU, and the figures it yields are for that cohort only, not a benchmark of anything.
+
+May import: ``medddpm.config``, ``errors``, ``runtime``, ``output_folder``, ``data``, ``training``,
+``inference``, ``evaluation`` (it runs the whole pipeline).
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,8 +37,6 @@ DEFAULT_MINUTES = 7.0
 DEFAULT_SUBJECTS = 64
 HELDOUT_FRACTION = 0.25
 COHORT_RECORD = "cohort.json"
-DEMO_PARTS = ("cohort", "run", "samples", "report")
-"""What the demo writes into its folder (and all that ``overwrite`` deletes)."""
 INSTALL_HINT = 'the demo needs nilearn, which ships the MNI152 template: pip install "medddpm[demo]"'
 
 
@@ -149,6 +149,7 @@ def make_cohort(
     from monai.transforms import Resize
 
     from medddpm.data.nifti import write_volume
+    from medddpm.output_folder import atomic_path
 
     if n_subjects < 2:
         raise InputError(f"the demo cohort needs at least 2 subjects; got {n_subjects}")
@@ -182,7 +183,8 @@ def make_cohort(
         "seed": seed,
         "transforms": [type(t).__name__ for t in transforms.transforms],
     }
-    (out_dir / COHORT_RECORD).write_text(json.dumps(record, indent=2))
+    with atomic_path(out_dir / COHORT_RECORD) as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
     log(
         f"Cohort: {len(train)} training and {len(heldout)} held-out scans, {image_size}³ at {spacing:g} mm, "
         f"in {out_dir} ({time.perf_counter() - t0:.0f} s)"
@@ -210,39 +212,20 @@ class DemoResult:
     training_preview: Path | None
     """The run's last preview PNG (EMA samples at the final step)."""
     metrics: dict[str, Any]
+    threads: int
+    """Torch CPU threads the demo ran with."""
     seconds: dict[str, float] = field(default_factory=dict)
 
 
 def check_demo_folder(output: Path, overwrite: bool) -> None:
-    """Refuse a non-empty folder unless ``overwrite``, which deletes only what a demo writes there."""
-    if output.exists() and not output.is_dir():
-        raise InputError("exists and is not a folder", output)
-    if not output.is_dir() or not any(output.iterdir()):
-        return
-    if not overwrite:
-        raise InputError(
-            "output folder is not empty; pass --overwrite to run the demo again here "
-            f"(it replaces {', '.join(p + '/' for p in DEMO_PARTS)}) or choose another --output",
-            output,
-        )
-    for part in DEMO_PARTS:
-        shutil.rmtree(output / part, ignore_errors=True)
+    """Refuse a folder the demo cannot write, or a non-empty one unless ``overwrite``; writes nothing.
 
-
-def idle_cores() -> int:
-    """CPU cores not kept busy by other programs (cores minus the 1-minute load average), at least 1.
-
-    On a shared CPU, OpenMP threads that outnumber the idle cores wait for one another at every
-    parallel region: with a load of 8 on 2 cores, a 3D U-Net step ran 1.4x faster on 1 thread than on 2.
+    medddpm.output_folder's policy: DEMO_FOLDER says what ``overwrite`` then deletes (the demo's
+    four parts, nothing else).
     """
-    import os
+    from medddpm.output_folder import DEMO_FOLDER, check_output
 
-    cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:  # not available on this platform
-        return cores
-    return max(1, min(cores, round(cores - load)))
+    check_output(output, DEMO_FOLDER, overwrite=overwrite)
 
 
 def _require_nilearn() -> None:
@@ -277,13 +260,15 @@ def run_demo(
     ``overrides`` as for ``--set``) for ``minutes`` of training steps (None: DEFAULT_MINUTES), draws
     ``num_samples`` volumes with the config's sampler, and evaluates them against the held-out
     quarter, both preprocessed with the run's transforms. ``threads``: torch CPU threads while the
-    demo runs (None: ``idle_cores()``; the previous setting is restored). ``on_step`` receives
-    training's StepLog; ``on_volumes`` and ``on_sample_step`` are sampling's progress callbacks.
+    demo runs (None: every core this process may use, ``available_cores()``; the previous setting
+    is restored afterwards). ``on_step`` receives training's StepLog; ``on_volumes`` and
+    ``on_sample_step`` are sampling's progress callbacks.
     """
     from medddpm.config import build_config
     from medddpm.evaluation.measure import evaluate
     from medddpm.inference.sample_to_folder import sample_to_folder
-    from medddpm.runtime import stopwatch, torch_threads
+    from medddpm.output_folder import DEMO_FOLDER, prepare_output
+    from medddpm.runtime import available_cores, stopwatch, torch_threads
     from medddpm.training.loop import train
 
     output = Path(output)
@@ -292,7 +277,7 @@ def run_demo(
     if not minutes > 0:
         raise InputError(f"--minutes must be above 0; got {minutes:g}")
     if threads is not None and threads < 1:
-        raise InputError(f"threads must be at least 1; got {threads}")
+        raise InputError(f"--threads must be at least 1; got {threads}")
     if num_samples < 2:
         raise InputError(f"the demo needs at least 2 samples to evaluate; got {num_samples}")
     _require_nilearn()
@@ -310,9 +295,10 @@ def run_demo(
     if len(set(size)) != 1:
         raise InputError(f"the demo cohort is a cube: data.image_size must be one number, not {list(size)}")
     check_demo_folder(output, overwrite)
+    prepare_output(output, DEMO_FOLDER, clear=overwrite)
     seconds: dict[str, float] = {}
     stage = stopwatch(seconds)
-    threads = idle_cores() if threads is None else threads
+    threads = available_cores() if threads is None else threads
     with torch_threads(threads):
         with stage("cohort"):
             cohort = make_cohort(output / "cohort", n_subjects, size[0], seed, log=log)
@@ -358,5 +344,6 @@ def run_demo(
         samples_preview=sampled.out_dir / "preview.png",
         training_preview=previews[-1] if previews else None,
         metrics=evaluated.metrics,
+        threads=threads,
         seconds=seconds,
     )

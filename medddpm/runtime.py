@@ -1,5 +1,8 @@
 """Where and how computation runs: torch version guard, bf16 conv3d check, device and precision,
-seeds, torchrun."""
+CPU threads, seeds, torchrun.
+
+May import: ``errors`` (and the package itself, for its version).
+"""
 
 from __future__ import annotations
 
@@ -130,6 +133,15 @@ def autocast(precision: str, device: torch.device):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: all of the machine's unless taskset,
+    a container or a batch scheduler gave it fewer), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS and Windows have no affinity masks
+        return os.cpu_count() or 1
 
 
 @contextlib.contextmanager

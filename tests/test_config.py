@@ -65,3 +65,50 @@ def test_parse_set_nests_and_reads_yaml():
 def test_unknown_preset_lists_presets():
     with pytest.raises(InputError, match="tiny"):
         build_config("no-such-preset")
+
+
+def _model(channels, attention, heads):
+    return [
+        f"model.channels={list(channels)}",
+        f"model.attention_levels={[str(a).lower() for a in attention]}".replace("'", ""),
+        f"model.num_head_channels={heads}",
+        "model.norm_num_groups=8",
+    ]
+
+
+def test_num_head_channels_need_divide_only_levels_with_attention():
+    """As MONAI's DiffusionModelUNet builds it: 24 channels at a level without attention need not
+    split into heads of 16 (this config used to be refused)."""
+    import torch
+
+    from medddpm.models.unet import build_unet
+
+    cfg = build_config(None, _model((16, 24, 32), (False, False, True), 16))
+    model = build_unet(cfg.model)
+    with torch.no_grad():
+        out = model(torch.zeros(1, 1, 8, 8, 8), timesteps=torch.tensor([3]))
+    assert out.shape == (1, 1, 8, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("channels", "attention", "message"),
+    [
+        ((16, 24, 32), (False, True, True), "channel count 24 of level 1, which has attention"),
+        # the middle block always has attention, at the last level's channels
+        ((16, 32, 24), (False, True, False), "channel count 24 of level 2, which feeds the middle block"),
+        ((16, 32, 24), (False, False, False), "channel count 24 of level 2, which feeds the middle block"),
+    ],
+)
+def test_num_head_channels_refused_where_monai_refuses(channels, attention, message):
+    from medddpm.config import ModelConfig
+    from medddpm.models.unet import build_unet
+
+    with pytest.raises(
+        InputError, match=f"invalid value for 'model': num_head_channels=16 must divide {message}"
+    ):
+        build_config(None, _model(channels, attention, 16))
+    unchecked = ModelConfig.model_construct(
+        channels=channels, attention_levels=attention, num_head_channels=16, norm_num_groups=8
+    )
+    with pytest.raises(ValueError, match="divisible by num_head_channels"):
+        build_unet(unchecked)  # MONAI refuses it too, only later and less clearly

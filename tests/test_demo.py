@@ -1,8 +1,10 @@
 """The demo: the cohort made from the MNI152 template, and the demo command end to end (tiny config)."""
 
 import json
+import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -10,7 +12,9 @@ import pytest
 
 from medddpm.cli import main
 from medddpm.data.nifti import read_scan
-from medddpm.demo import INSTALL_HINT, make_cohort
+from medddpm.demo import INSTALL_HINT, Cohort, make_cohort
+from medddpm.output_folder import DEMO_FOLDER
+from medddpm.runtime import available_cores
 
 pytest.importorskip("nilearn")
 
@@ -70,6 +74,9 @@ def test_demo_command_end_to_end_on_the_tiny_config(tmp_path: Path, capsys, monk
     assert np.isfinite(metrics["fid"]) and 0 <= metrics["ms_ssim_synthetic"] <= 1
     assert str(out / "report" / "report.html") in stderr.replace("\n", "")
     assert "samples preview" in stderr
+    cores = available_cores()  # all of them by default, not cores minus the load average
+    assert f"({cores} CPU thread{'s' if cores > 1 else ''})" in " ".join(stderr.split())
+    assert all(DEMO_FOLDER.owns(p) for p in out.iterdir())  # what --overwrite would replace
 
     # a second demo into the same folder needs --overwrite
     code, _, stderr = run_cli(["demo", "--output", str(out), "--config", "tiny"], capsys)
@@ -83,4 +90,90 @@ def test_without_nilearn_the_demo_says_what_to_install(tmp_path: Path, capsys, m
     code, _, stderr = run_cli(["demo", "--output", str(tmp_path / "demo")], capsys)
     assert code == 2
     assert stderr.strip() == f"error: {INSTALL_HINT}" and 'pip install "medddpm[demo]"' in stderr
+    assert not (tmp_path / "demo").exists()
+
+
+@pytest.fixture
+def fake_stages(monkeypatch) -> dict[str, list[int]]:
+    """The demo's four stages replaced by stand-ins that write a file each and record the torch
+    threads they ran with: the demo's own logic in a second."""
+    import torch
+
+    threads: dict[str, list[int]] = {}
+
+    def record(stage: str, folder: Path) -> None:
+        threads.setdefault(stage, []).append(torch.get_num_threads())
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{stage}.txt").write_text("new")
+
+    def cohort(out_dir, n_subjects, image_size, seed, log):
+        record("cohort", out_dir)
+        return Cohort(out_dir, [out_dir / "a.nii.gz"], [out_dir / "b.nii.gz"], image_size, 12.0)
+
+    def train(cfg, data_dir, run_dir, log, on_step):
+        record("train", run_dir)
+        return SimpleNamespace(run_dir=run_dir, step=3, checkpoint=run_dir / "step-3", interrupted=False)
+
+    def sample(run_dir, out_dir, num, **kwargs):
+        record("sample", out_dir)
+        return SimpleNamespace(out_dir=out_dir)
+
+    def evaluate(real_dir, synth_dir, report_dir, **kwargs):
+        record("evaluate", report_dir)
+        return SimpleNamespace(report_dir=report_dir, html=report_dir / "report.html", metrics={})
+
+    monkeypatch.setattr("medddpm.demo.make_cohort", cohort)
+    monkeypatch.setattr("medddpm.training.loop.train", train)
+    monkeypatch.setattr("medddpm.inference.sample_to_folder.sample_to_folder", sample)
+    monkeypatch.setattr("medddpm.evaluation.measure.evaluate", evaluate)
+    monkeypatch.setattr("medddpm.evaluation.report.summary_table", lambda metrics: "metrics table")
+    return threads
+
+
+@pytest.mark.parametrize("asked", [None, "more than the cores"])
+def test_demo_runs_on_every_core_unless_told_and_says_how_many(
+    asked, fake_stages, tmp_path, capsys, monkeypatch
+):
+    import torch
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setattr(os, "getloadavg", lambda: (8.0, 8.0, 8.0))  # a busy machine: still every core
+    expected = available_cores() if asked is None else available_cores() + 1
+    before = torch.get_num_threads()
+    args = ["demo", "--output", str(tmp_path / "demo"), "--config", "tiny", "--minutes", "0.01"]
+    code, stdout, stderr = run_cli(args + ([] if asked is None else ["--threads", str(expected)]), capsys)
+    assert code == 0, stderr
+    plural = "s" if expected > 1 else ""
+    said = " ".join(stderr.split())
+    assert f"Training for 0.01 minutes ({expected} CPU thread{plural})" in said
+    assert "Demo done" in said and "(3 training steps)" in said
+    assert fake_stages == {stage: [expected] for stage in ("cohort", "train", "sample", "evaluate")}
+    assert torch.get_num_threads() == before  # restored afterwards
+    assert "metrics table" in stdout
+
+
+def test_demo_overwrite_replaces_its_parts_and_nothing_else(fake_stages, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    out = tmp_path / "demo"
+    for part in ("cohort", "run", "samples", "report"):
+        (out / part).mkdir(parents=True)
+        (out / part / "earlier.txt").write_text("earlier demo")
+    (out / "notes.txt").write_text("mine")
+    (out / "mine").mkdir()
+    args = ["demo", "--output", str(out), "--config", "tiny", "--minutes", "0.01", "--threads", "1"]
+    code, _, stderr = run_cli(args, capsys)
+    assert code == 2 and "output folder is not empty" in stderr and "--overwrite" in stderr
+    assert (out / "run" / "earlier.txt").exists() and not (out / "run" / "train.txt").exists()
+    code, _, stderr = run_cli([*args, "--overwrite"], capsys)
+    assert code == 0, stderr
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
+        "cohort", "cohort/cohort.txt", "mine", "notes.txt", "report", "report/evaluate.txt",
+        "run", "run/train.txt", "samples", "samples/sample.txt",
+    ]  # fmt: skip
+
+
+def test_threads_below_one_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    code, _, stderr = run_cli(["demo", "--output", str(tmp_path / "demo"), "--threads", "0"], capsys)
+    assert code == 2 and stderr.strip() == "error: --threads must be at least 1; got 0"
     assert not (tmp_path / "demo").exists()

@@ -1,12 +1,14 @@
 """The ``medddpm`` command: the Typer app, its commands (one module each) and the error handling.
 
-Heavy imports (torch, MONAI) happen inside the commands so that ``--help`` is instant.
+Heavy imports (torch, MONAI) happen inside the commands so that ``--help`` is instant, and after
+``main`` has set ``OMP_WAIT_POLICY`` for every command.
 Exit codes: 0 success, 1 unexpected failure, 2 bad input or usage (one line, no traceback unless
 ``--debug``), 130 interrupted (143 when SIGTERM stopped `train`).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
@@ -45,6 +47,11 @@ for command in (train.train, sample.sample, evaluate.evaluate, demo.demo, info.i
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user-fixable errors into one line and exit code 2."""
+    # OpenMP threads that wait for work sleep instead of spinning. On a CPU that other programs
+    # share, spinning threads take the cores the working ones need (see README, "GPU, precision
+    # and speed"). OpenMP reads this once, when torch loads it: hence here, before any command
+    # imports torch. A value the user set is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from rich.markup import escape
 
     from medddpm.errors import InputError, TrainingAborted

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from medddpm.cli.options import (
     SetOpt,
+    ThreadsOpt,
     console,
+    print_message,
     startup_checks,
 )
 from medddpm.cli.progress import demo_training_progress, sampling_progress
@@ -36,6 +38,7 @@ def demo(
     ] = None,
     num: Annotated[int, typer.Option("--num", "-n", help="Synthetic volumes to draw and evaluate.")] = 16,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the cohort, training and sampling.")] = 0,
+    threads: ThreadsOpt = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an earlier demo's folders in OUTPUT.")
     ] = False,
@@ -43,9 +46,6 @@ def demo(
     """The whole tool in about 10 minutes on a CPU: a brain MRI cohort made from the MNI152 template
     (nilearn), trained on for --minutes, sampled and evaluated against held-out scans.
     """
-    # Threads that sleep instead of spinning between parallel regions: 3D convolution backward
-    # passes run up to 10x faster on a CPU that other work shares (set before torch loads OpenMP).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     startup_checks()
     import time
 
@@ -65,8 +65,9 @@ def demo(
             n_subjects=subjects,
             num_samples=num,
             seed=seed,
+            threads=threads,
             overwrite=overwrite,
-            log=console.print,
+            log=print_message,
             on_step=on_step,
             on_volumes=on_volumes,
             on_sample_step=on_sample_step,
@@ -75,8 +76,8 @@ def demo(
     took = (time.perf_counter() - started) / 60
     console.print(
         f"[green]Demo done[/] in {took:.1f} minutes ({result.steps} training steps)\n"
-        f"  report:            {result.report_html}\n"
-        f"  samples preview:   {result.samples_preview}\n"
-        f"  training preview:  {result.training_preview or '(none)'}\n"
-        f"  synthetic scans:   {result.samples_dir}"
+        f"  report:            {escape(str(result.report_html))}\n"
+        f"  samples preview:   {escape(str(result.samples_preview))}\n"
+        f"  training preview:  {escape(str(result.training_preview or '(none)'))}\n"
+        f"  synthetic scans:   {escape(str(result.samples_dir))}"
     )

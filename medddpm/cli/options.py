@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 console = Console(stderr=True, highlight=False)
 """Messages and progress go to stderr; tables of results to stdout."""
@@ -27,6 +28,23 @@ SetOpt = Annotated[
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.")]
 PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="auto, fp32, bf16 or fp16.")]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", help="CPU threads torch computes with (default: every core).")
+]
+
+
+HIGHLIGHTS = {"warning:": "yellow", "skipping": "yellow"}
+"""Leading words of library messages shown in colour, and their style."""
+
+
+def print_message(message: str) -> None:
+    """Print one message of the library's ``log`` callback: plain text, shown as it is (a ``[...]``
+    in a file name is not read as rich markup), its leading word coloured as HIGHLIGHTS says."""
+    text = Text(message)
+    for word, style in HIGHLIGHTS.items():
+        if message.startswith(word):
+            text.stylize(style, 0, len(word))
+    console.print(text)
 
 
 def startup_checks() -> None:

@@ -176,37 +176,13 @@ def _shape(values: Sequence[int]) -> str:
 def check_report_dir(report_dir: Path, overwrite: bool, inputs: Sequence[Path]) -> None:
     """Refuse a report folder that would overwrite anything but an earlier report.
 
-    An existing non-empty folder needs ``overwrite``, and even then only a folder holding report
-    files (REPORT_FILES and PNGs) is replaced; a folder that holds, or is, an input is never touched.
+    medddpm.output_folder's policy (REPORT_FOLDER says what a report holds): an existing non-empty
+    folder needs ``overwrite``, and even then only a folder holding report files is replaced; a
+    folder that holds, or is, an input is never touched.
     """
-    if report_dir.exists() and not report_dir.is_dir():
-        raise InputError("the report folder is a file; choose a folder path for --output", report_dir)
-    target = report_dir.resolve()
-    for folder in inputs:
-        source = folder.resolve()
-        if target == source or target in source.parents or source in target.parents:
-            raise InputError(
-                f"the report folder overlaps the input folder {folder}; choose a separate --output",
-                report_dir,
-            )
-    if not report_dir.is_dir() or not any(report_dir.iterdir()):
-        return
-    if not overwrite:
-        raise InputError(
-            "the report folder exists and is not empty; pass --overwrite to replace it", report_dir
-        )
-    foreign = sorted(
-        p.name
-        for p in report_dir.iterdir()
-        if not (p.is_file() and (p.name in REPORT_FILES or p.suffix == ".png"))
-    )
-    if foreign:
-        raise InputError(
-            f"--overwrite replaces only an earlier report, and this folder also holds {foreign[0]!r}"
-            + (f" and {len(foreign) - 1} more" if len(foreign) > 1 else "")
-            + "; choose another --output",
-            report_dir,
-        )
+    from medddpm.output_folder import REPORT_FOLDER, check_output
+
+    check_output(report_dir, REPORT_FOLDER, overwrite=overwrite, inputs=inputs)
 
 
 def resolve_preprocessing(run_dir: Path | None) -> tuple[Preprocessing | None, EvalConfig]:
@@ -464,13 +440,9 @@ def caveats(metrics: dict[str, Any]) -> list[str]:
 
 def _publish(tmp: Path, report_dir: Path) -> None:
     """Rename the finished temporary folder to ``report_dir``, replacing an earlier report there."""
-    if report_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{report_dir.name}-old-", dir=report_dir.parent))
-        os.replace(report_dir, old)
-        os.replace(tmp, report_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, report_dir)
+    from medddpm.output_folder import publish_folder
+
+    publish_folder(tmp, report_dir)
 
 
 def _versions() -> dict[str, str]:

@@ -288,57 +288,38 @@ def read_manifest(out_dir: Path) -> dict[str, Any] | None:
 
 
 def check_output_folder(out_dir: Path, recipe: dict[str, Any], overwrite: bool) -> str:
-    """'new', 'resume' or 'overwrite'; raises InputError for a folder that must not be touched."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError("exists and is not a folder", out_dir)
-    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+    """'new', 'resume' or 'overwrite'; raises InputError for a folder that must not be touched.
+
+    medddpm.output_folder's policy (SAMPLE_FOLDER says what a sampling writes), with one addition:
+    a folder whose manifest holds the same recipe is resumed without --overwrite.
+    """
+    from medddpm.output_folder import SAMPLE_FOLDER, check_writable, is_empty, not_empty
+
+    check_writable(out_dir)
+    if is_empty(out_dir):
         return "new"
     if overwrite:
         return "overwrite"
     manifest = read_manifest(out_dir)
     if manifest is None:
-        raise InputError(
-            "output folder is not empty and holds no manifest.json of a sampling run; "
-            "choose another --output, or pass --overwrite to replace its samples",
-            out_dir,
-        )
+        raise not_empty(out_dir, SAMPLE_FOLDER, " and holds no manifest.json of a sampling run")
     previous = manifest.get("recipe", {})
     for key in RECIPE_KEYS:
         if previous.get(key) != recipe[key]:
             what = "weights (sha256)" if key == "sha256" else key
             raise InputError(
                 f"output folder holds samples of another recipe ({what} {previous.get(key)!r} there, "
-                f"{recipe[key]!r} here); choose another --output, or pass --overwrite to replace them",
+                f"{recipe[key]!r} here); {SAMPLE_FOLDER.remedy}",
                 out_dir,
             )
     return "resume"
 
 
-def _clear_outputs(out_dir: Path) -> None:
-    """Delete what a sampling writes (samples, manifest, preview, leftover temporary files); nothing else."""
-    for p in out_dir.iterdir():
-        if p.is_file() and (
-            _OUTPUT_FILE.match(p.name) or _TEMP_FILE.match(p.name) or p.name in (MANIFEST, PREVIEW)
-        ):
-            p.unlink()
-
-
-def _remove_temporaries(out_dir: Path) -> None:
-    """Temporary files of writes a crash interrupted (never renamed into place, so never complete)."""
-    for p in out_dir.iterdir():
-        if p.is_file() and _TEMP_FILE.match(p.name):
-            p.unlink(missing_ok=True)
-
-
 def _prepare_folder(out_dir: Path, state: str) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if state == "overwrite":
-            _clear_outputs(out_dir)
-        else:
-            _remove_temporaries(out_dir)
-    except OSError as e:
-        raise InputError(f"cannot write to the output folder ({e.strerror})", out_dir) from None
+    """Create the folder, remove leftover temporaries and, for 'overwrite', what a sampling wrote."""
+    from medddpm.output_folder import SAMPLE_FOLDER, prepare_output
+
+    prepare_output(out_dir, SAMPLE_FOLDER, clear=state == "overwrite")
 
 
 # ---------------------------------------------------------------------------------------------

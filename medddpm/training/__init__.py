@@ -1,4 +1,5 @@
 """``medddpm train``: the loop (``loop``) and checkpoints on disk (``checkpoint``).
 
-May import: ``medddpm.config``, ``errors``, ``runtime``, ``preview``, ``data``, ``models``, ``diffusion``.
+May import: ``medddpm.config``, ``errors``, ``runtime``, ``preview``, ``output_folder``, ``data``, ``models``,
+``diffusion``.
 """

@@ -22,8 +22,6 @@ import csv
 import functools
 import json
 import math
-import os
-import shutil
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -223,37 +221,19 @@ def train_step(
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Never overwrite a run by accident; fail before any work if the folder cannot be written.
 
-    Writes nothing: the folder is created only once the data has passed preflight.
+    Writes nothing: the folder is created only once the data has passed preflight. The rules are
+    medddpm.output_folder's (RUN_FOLDER says what a run writes).
     """
-    if run_dir.exists() and not run_dir.is_dir():
-        raise InputError("exists and is not a folder", run_dir)
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not (resume or overwrite):
-        raise InputError(
-            "output folder is not empty; pass --resume to continue this run or --overwrite to start again",
-            run_dir,
-        )
-    existing = run_dir
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise InputError("is a file, so the output folder cannot be created inside it", existing)
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError("no permission to write here", existing)
+    from medddpm.output_folder import RUN_FOLDER, check_output
+
+    check_output(run_dir, RUN_FOLDER, overwrite=overwrite, resume=resume)
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Create the run folder; with --overwrite (and no --resume) remove the previous run's own files."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if overwrite and not resume:
-            for name in RUN_FILES:
-                target = run_dir / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
-    except OSError as e:  # a read-only file system, say, which os.access does not always tell
-        raise InputError(f"cannot write the run folder ({e.strerror or e})", e.filename or run_dir) from None
+    from medddpm.output_folder import RUN_FOLDER, prepare_output
+
+    prepare_output(run_dir, RUN_FOLDER, clear=overwrite and not resume)
 
 
 RESUME_STATE_KEYS = ("step", "optimizer", "scheduler", "scaler", "ema_n_averaged", "skipped_nonfinite", "rng")

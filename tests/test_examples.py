@@ -1,0 +1,43 @@
+"""examples/api_usage.py runs as its docstring says, and prints clean lines (no rich markup)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tests.conftest import blob_volume, write_nifti
+from tests.test_layout import MARKUP
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def test_api_usage_runs_and_prints_plain_lines(tmp_path: Path):
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        write_nifti(tmp_path / "scans" / f"s{i}.nii.gz", blob_volume(rng, (20, 20, 20)))
+    # one scan whose qform and sform disagree: training logs a warning about it
+    img = nib.Nifti1Image(blob_volume(rng, (20, 20, 20)), np.diag([2.0, 2.0, 2.0, 1.0]))
+    img.set_qform(np.diag([2.0, 2.0, 2.0, 1.0]), code=1)
+    img.set_sform(np.diag([2.5, 2.0, 2.0, 1.0]), code=1)
+    nib.save(img, str(tmp_path / "scans" / "s3.nii.gz"))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 16³ gains nothing from more
+    args = [tmp_path / "scans", tmp_path / "out", "--size", "16", "--steps", "2", "--num", "2"]
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "api_usage.py"), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("FID ") for line in lines)
+    assert any("qform and sform disagree" in line for line in lines)
+    assert (tmp_path / "out" / "report" / "report.html").is_file()
+    marked = [line for line in lines if MARKUP.search(line)]
+    if marked:  # the library modules listed in tests/test_layout.py's KNOWN_MARKUP
+        pytest.xfail(f"library messages still carry rich markup: {marked}")
