@@ -281,7 +281,7 @@ def run_demo(
     training's StepLog; ``on_volumes`` and ``on_sample_step`` are sampling's progress callbacks.
     """
     from medddpm.config import build_config
-    from medddpm.evaluation.measure import evaluate
+    from medddpm.evaluation.evaluate import evaluate
     from medddpm.inference.sample_to_folder import sample_to_folder
     from medddpm.runtime import stopwatch, torch_threads
     from medddpm.training.loop import train
