@@ -1,7 +1,7 @@
 """Wall time of ``medddpm evaluate``: 100 real + 100 synthetic volumes at 64³ in under 5 minutes on CPU.
 
 Writes the volumes (real: ellipsoids of random size on a noisy background; synthetic: the same kind
-of volume with extra noise) as .nii.gz into a temporary folder, runs medddpm.evaluation.measure.evaluate
+of volume with extra noise) as .nii.gz into a temporary folder, runs medddpm.evaluation.evaluate.evaluate
 with its defaults (random-init resnet10, 500 MS-SSIM pairs per set) and prints the total and the
 breakdown (loading, features, feature metrics, MS-SSIM, report), with the process's CPU time and
 the machine load, since on a shared machine wall time depends on what else runs.
@@ -51,7 +51,8 @@ def main() -> None:
     parser.add_argument("--report", type=Path, default=None, help="keep the report in this folder")
     args = parser.parse_args()
 
-    from medddpm.evaluation.measure import evaluate
+    from medddpm.evaluation.evaluate import evaluate
+    from medddpm.evaluation.measure import eval_config
 
     with tempfile.TemporaryDirectory(prefix="bench_evaluate_") as tmp:
         root = Path(tmp)
@@ -67,7 +68,7 @@ def main() -> None:
             root / "real",
             root / "synthetic",
             args.report or root / "report",
-            max_pairs=args.max_pairs,
+            eval_config(flags={"eval.max_pairs": args.max_pairs}),
             device=args.device,
             overwrite=True,
         )

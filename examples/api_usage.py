@@ -15,7 +15,7 @@ from pathlib import Path
 from medddpm.config import build_config, save_config
 from medddpm.data.nifti import read_scan
 from medddpm.data.scans import discover_scans
-from medddpm.evaluation.measure import evaluate
+from medddpm.evaluation.evaluate import evaluate
 from medddpm.inference.sample_to_folder import sample_to_folder
 from medddpm.training.loop import train
 

@@ -265,7 +265,7 @@ def run_demo(
     ``on_sample_step`` are sampling's progress callbacks.
     """
     from medddpm.config import build_config
-    from medddpm.evaluation.measure import evaluate
+    from medddpm.evaluation.evaluate import evaluate
     from medddpm.inference.sample_to_folder import sample_to_folder
     from medddpm.output_folder import DEMO_FOLDER, prepare_output
     from medddpm.runtime import available_cores, stopwatch, torch_threads

@@ -253,14 +253,13 @@ def test_publish_folder_into_a_new_place(tmp_path: Path):
 def _checks():
     """Each command's check of its output folder, called as the command calls it."""
     from medddpm.demo import check_demo_folder
-    from medddpm.evaluation.measure import check_report_dir
     from medddpm.inference.sample_to_folder import check_output_folder
     from medddpm.training.loop import check_run_dir
 
     return {
         "train": lambda out: check_run_dir(out, resume=False, overwrite=False),
         "sample": lambda out: check_output_folder(out, {}, overwrite=False),
-        "evaluate": lambda out: check_report_dir(out, overwrite=False, inputs=[]),
+        "evaluate": lambda out: check_output(out, REPORT_FOLDER, overwrite=False, inputs=[]),
         "demo": lambda out: check_demo_folder(out, overwrite=False),
     }
 

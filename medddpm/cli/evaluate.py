@@ -45,21 +45,22 @@ def evaluate(
 ) -> None:
     """Compare synthetic scans with real ones: 3D FID, MMD, precision/recall, MS-SSIM; writes report.html."""
     startup_checks()
-    from medddpm.evaluation.measure import evaluate as run_evaluation
+    from medddpm.evaluation.evaluate import evaluate as run_evaluation
+    from medddpm.evaluation.measure import eval_config
     from medddpm.evaluation.report import summary_table
 
+    # the eval section: defaults, or the run's config.yaml, < these flags (as train merges its flags)
+    flags = {"eval.features": features, "eval.max_pairs": max_pairs, "eval.seed": seed}
     with console.status("Evaluating"):  # transient: an error stays one line
         result = run_evaluation(
             real_dir,
             synth_dir,
             output,
+            eval_config(run, flags),
             run_dir=run,
-            features=features,
             feature_weights=feature_weights,
-            max_pairs=max_pairs,
-            seed=seed,
-            save_features=save_features,
             device=device,
+            save_features=save_features,
             overwrite=overwrite,
             log=console.print,
         )

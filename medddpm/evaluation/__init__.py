@@ -1,5 +1,12 @@
-"""``medddpm evaluate``: feature networks (``features``), metrics as pure functions (``metrics``),
-the measurement of two folders (``measure``) and the report a person reads (``report``).
+"""``medddpm evaluate``, measuring apart from rendering:
 
-May import: ``medddpm.config``, ``errors``, ``runtime``, ``preview``, ``output_folder``, ``data``.
+- ``features``: feature networks (MedicalNet-style 3D ResNets); ``metrics``: metrics as pure functions;
+- ``specs``: the table of reported metrics (key, label, direction, format, caveat, summary wording)
+  that every output below reads;
+- ``measure``: two folders -> every number of metrics.json, as a typed result (the measuring side);
+- ``report``: that result -> report.html, report.md and the console table (the rendering side);
+- ``evaluate``: measure, render and publish REPORT_DIR.
+
+Within the package each module imports only those listed before it. May import: ``medddpm.config``,
+``errors``, ``runtime``, ``preview``, ``output_folder``, ``data``.
 """

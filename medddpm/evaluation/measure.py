@@ -1,13 +1,15 @@
-"""``evaluate``: a folder of real scans and a folder of synthetic ones -> metrics.json and a report.
+"""The measuring side of ``medddpm evaluate``: two folders of scans -> every number of metrics.json.
 
-1. Check the options and the report folder; nothing is written until step 5.
-2. Find both sets of scans and build the feature network (a bad weights file stops here).
-3. Read every scan (a corrupt one stops the evaluation, naming the file) and preprocess both sets
+``measure`` runs three steps and writes nothing (medddpm.evaluation.evaluate writes the folder):
+
+1. Resolve the options: the ``eval`` section of the config (``eval_config``: defaults, or the run's
+   config.yaml, < the command's flags) and the device; find both sets of scans and build the feature
+   network (a bad weights file stops here).
+2. Read every scan (a corrupt one stops the evaluation, naming the file) and preprocess both sets
    the same way (see Preprocessing) into volumes [N, 1, D, H, W] on [0, 1].
-4. Feature-space metrics on features [N, F] (medddpm.evaluation.features): FID, MMD², precision / recall /
-   density / coverage; image-space diversity: mean pairwise MS-SSIM within each set.
-5. Build REPORT_DIR in a temporary folder beside it (metrics.json, report.html, report.md, PNGs,
-   features.npz on request) and rename it into place, so a failed evaluation leaves nothing.
+3. Feature-space metrics on features [N, F] (medddpm.evaluation.features): FID, MMD², precision / recall /
+   density / coverage; image-space diversity: mean pairwise MS-SSIM within each set. Which values
+   metrics.json holds, and what is said about each, is medddpm.evaluation.specs.METRICS.
 
 Preprocessing. Real and synthetic volumes must be compared at one size, orientation and intensity
 scale, so both go through one transform (medddpm.data.transforms.build_transforms), then [-1, 1] -> [0, 1]:
@@ -18,7 +20,7 @@ scale, so both go through one transform (medddpm.data.transforms.build_transform
   alike. MRI: the same per-volume percentile mapping runs on both sets; a synthetic volume on
   [0, 1] is then stretched by its own percentiles exactly as a real scan is, which is the
   consistent choice (mapping synthetic files linearly instead would treat the two sets
-  differently). The run's ``eval`` section supplies the defaults for features, pairs, seed and k.
+  differently). The run's ``eval`` section is the base the command's flags override (eval_config).
 - Without ``run_dir``: RAS, then per-volume 0.5 / 99.5 percentile scaling (the MRI mapping), with
   no resampling, padding or cropping: every volume of both sets must have the same shape after
   reorientation, or the evaluation stops naming the first file that differs (pass ``--run`` to
@@ -34,17 +36,12 @@ compares whole distributions.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
 import statistics
-import tempfile
-import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -55,7 +52,7 @@ import torch
 from scipy import linalg
 from threadpoolctl import threadpool_limits
 
-from medddpm.config import DataConfig, EvalConfig, load_config
+from medddpm.config import DataConfig, EvalConfig, build_config, load_config
 from medddpm.data.nifti import read_scan
 from medddpm.data.scans import discover_scans
 from medddpm.data.transforms import build_transforms
@@ -69,10 +66,9 @@ from medddpm.evaluation.metrics import (
     pairwise_ms_ssim,
     prdc,
 )
+from medddpm.evaluation.specs import METRICS, MetricInputs, table_rows
 from medddpm.runtime import library_versions, resolve_device, stopwatch, torch_threads
 
-REPORT_FILES = ("metrics.json", "report.html", "report.md", "features.npz")
-"""What a report folder holds besides its PNG figures; --overwrite replaces only such a folder."""
 MIN_VOLUMES = 2
 """FID needs a covariance and MS-SSIM a pair: at least two volumes in each set."""
 MIN_SIDE = 8
@@ -150,16 +146,6 @@ class Measurement:
     """CPU time of each stage, all threads of this process (what a busy machine does not change)."""
 
 
-@dataclass
-class EvaluationResult:
-    metrics: dict[str, Any]
-    report_dir: Path
-    html: Path
-    markdown: Path
-    seconds: dict[str, float] = field(default_factory=dict)
-    cpu_seconds: dict[str, float] = field(default_factory=dict)
-
-
 # --------------------------------------------------------------------------------------------------
 # Step 1: options and the report folder
 # --------------------------------------------------------------------------------------------------
@@ -173,22 +159,8 @@ def _shape(values: Sequence[int]) -> str:
     return "x".join(str(int(v)) for v in values)
 
 
-def check_report_dir(report_dir: Path, overwrite: bool, inputs: Sequence[Path]) -> None:
-    """Refuse a report folder that would overwrite anything but an earlier report.
-
-    medddpm.output_folder's policy (REPORT_FOLDER says what a report holds): an existing non-empty
-    folder needs ``overwrite``, and even then only a folder holding report files is replaced; a
-    folder that holds, or is, an input is never touched.
-    """
-    from medddpm.output_folder import REPORT_FOLDER, check_output
-
-    check_output(report_dir, REPORT_FOLDER, overwrite=overwrite, inputs=inputs)
-
-
-def resolve_preprocessing(run_dir: Path | None) -> tuple[Preprocessing | None, EvalConfig]:
-    """The run's data and eval sections, or (None, defaults): the default preprocessing needs a real scan."""
-    if run_dir is None:
-        return None, EvalConfig()
+def run_config_path(run_dir: Path) -> Path:
+    """RUN_DIR/config.yaml, the config ``medddpm train`` saved; InputError for a folder that is not a run."""
     config_path = run_dir / "config.yaml"
     if not run_dir.is_dir():
         raise InputError("no such run folder", run_dir)
@@ -196,12 +168,41 @@ def resolve_preprocessing(run_dir: Path | None) -> tuple[Preprocessing | None, E
         raise InputError(
             "not a run folder: it has no config.yaml (the folder `medddpm train` wrote)", run_dir
         )
-    cfg = load_config(config_path)
-    return Preprocessing(cfg.data, f"run {run_dir} (config.yaml data section)", False), cfg.eval
+    return config_path
+
+
+def resolve_preprocessing(run_dir: Path | None) -> Preprocessing | None:
+    """The run's data section, or None: the default preprocessing needs a real scan."""
+    if run_dir is None:
+        return None
+    cfg = load_config(run_config_path(run_dir))
+    return Preprocessing(cfg.data, f"run {run_dir} (config.yaml data section)", False)
+
+
+def eval_config(run_dir: str | Path | None = None, flags: Mapping[str, Any] | None = None) -> EvalConfig:
+    """The ``eval`` section: defaults, or the run's config.yaml, < ``flags`` ({"eval.seed": 1}; None: unset).
+
+    Merged by medddpm.config.build_config as every command merges its flags. A ``--features`` flag
+    that names no feature network is refused with the choices, before the run's config is read.
+    """
+    flags = {key: value for key, value in (flags or {}).items() if value is not None}
+    config_file = None if run_dir is None else run_config_path(Path(run_dir))
+    features = flags.get("eval.features")
+    if features is not None and features not in ARCHITECTURES:
+        raise InputError(f"unknown feature network {features!r}: choose one of {', '.join(ARCHITECTURES)}")
+    return build_config(config_file, (), flags).eval
+
+
+def check_options(cfg: EvalConfig, device: str) -> None:
+    """What EvalConfig's types leave open: at least one MS-SSIM pair, and a device name we know."""
+    if cfg.max_pairs < 1:
+        raise InputError(f"--max-pairs must be at least 1, got {cfg.max_pairs}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise InputError(f"unknown device {device!r}: use auto, cpu or cuda")
 
 
 # --------------------------------------------------------------------------------------------------
-# Step 3: reading and preprocessing
+# Step 2: reading and preprocessing
 # --------------------------------------------------------------------------------------------------
 
 
@@ -284,7 +285,7 @@ def load_set(
 
 
 # --------------------------------------------------------------------------------------------------
-# Step 4: metrics
+# Step 3: metrics
 # --------------------------------------------------------------------------------------------------
 
 
@@ -360,9 +361,12 @@ def feature_metrics(real: np.ndarray, synth: np.ndarray, nearest_k: int) -> dict
 
 
 def caveats(metrics: dict[str, Any]) -> list[str]:
-    """What the numbers in ``metrics`` cannot say, in plain sentences for the report."""
+    """What the numbers in ``metrics`` cannot say, in plain sentences for the report.
+
+    About the features first, then each metric's note (specs.METRICS, in table order; a note several
+    metrics share is given once), then what no metric here can say and how the sets were prepared.
+    """
     fe = metrics["feature_extractor"]
-    n_real, n_synth, dim = metrics["n_real"], metrics["n_synthetic"], fe["feature_dim"]
     notes = []
     if fe["weights_sha256"].startswith("random-init"):
         notes.append(
@@ -378,43 +382,10 @@ def caveats(metrics: dict[str, Any]) -> list[str]:
         "different features; FID and MMD compare only with values from the same network, weights (sha256), "
         "preprocessing and numbers of volumes."
     )
-    if metrics["fid_covariance_rank_deficient"]:
-        notes.append(
-            f"FID: with {n_real} real and {n_synth} synthetic volumes but {dim} feature dimensions, both "
-            f"covariance matrices are rank-deficient (rank at most N - 1 < {dim}). The FID is then dominated "
-            "by this estimation error rather than by the difference between the sets, and is comparable only "
-            "between evaluations with the same numbers of volumes."
-        )
-    else:
-        notes.append(
-            "FID is biased upwards for finite sets, the more so the fewer the volumes: compare FIDs only at "
-            "equal numbers of volumes."
-        )
-    notes.append(
-        "MMD² uses an RBF kernel whose bandwidth is the median distance between these features, so the "
-        "bandwidth depends on the data being compared. The estimator is unbiased and can be slightly "
-        "negative when the sets agree. MONAI's MMDMetric (linear kernel, equal-size paired sets) is not "
-        "reported: its linear kernel only estimates the squared distance of the feature means, which the "
-        "FID already contains."
-    )
-    if metrics["prdc_unavailable"]:
-        notes.append(
-            f"Precision, recall, density and coverage are unavailable: {metrics['prdc_unavailable']}."
-        )
-    else:
-        notes.append(
-            f"Precision, recall, density and coverage (k = {metrics['nearest_k']}) are shares of volumes in "
-            f"nearest-neighbour balls; with {min(n_real, n_synth)} volumes in the smaller set each one moves "
-            f"them by {1 / min(n_real, n_synth):.0%} or more."
-        )
-    s = metrics["ms_ssim_settings"]
-    notes.append(
-        f"MS-SSIM uses {s['num_scales']} scale{'s' if s['num_scales'] != 1 else ''} and a "
-        f"{s['kernel_size']}-voxel "
-        "Gaussian window chosen to fit the volume size (MONAI's defaults, 5 scales and 11 voxels, need 176 "
-        "voxels a side), so its values compare only with evaluations at the same settings. Its 95% intervals "
-        "treat pairs as independent although pairs sharing a volume are correlated, so they are too narrow."
-    )
+    for spec in table_rows():
+        note = spec.note(metrics) if spec.note is not None else None
+        if note and note not in notes:
+            notes.append(note)
     notes.append(
         "None of these metrics detects memorisation: a model that reproduces its training scans scores as "
         "well as one that generalises. Compare synthetic volumes with their nearest training scans for that."
@@ -434,15 +405,8 @@ def caveats(metrics: dict[str, Any]) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Step 5: writing
+# Steps 1-3 together
 # --------------------------------------------------------------------------------------------------
-
-
-def _publish(tmp: Path, report_dir: Path) -> None:
-    """Rename the finished temporary folder to ``report_dir``, replacing an earlier report there."""
-    from medddpm.output_folder import publish_folder
-
-    publish_folder(tmp, report_dir)
 
 
 def _versions() -> dict[str, str]:
@@ -455,20 +419,20 @@ def _versions() -> dict[str, str]:
 def measure(
     real_dir: str | Path,
     synth_dir: str | Path,
+    cfg: EvalConfig | None = None,
     *,
     run_dir: str | Path | None = None,
-    features: str | None = None,
     feature_weights: str | Path | None = None,
-    max_pairs: int | None = None,
-    seed: int | None = None,
     device: str = "auto",
     log: Callable[[str], None] = _no_log,
 ) -> Measurement:
-    """Steps 2-4 of ``evaluate``: every number of metrics.json, with nothing written.
+    """Every number of metrics.json for the scans below ``real_dir`` and ``synth_dir``; nothing is written.
 
-    ``features``, ``max_pairs`` and ``seed`` default to the run's ``eval`` section with ``run_dir``,
-    else to EvalConfig's defaults (resnet10, 500 pairs per set, seed 0). ``seed`` seeds the
-    random-init feature network and the MS-SSIM pair subset.
+    ``cfg``: the eval section (feature network, MS-SSIM pairs, seed, PRDC's k); None: eval_config(run_dir),
+    the run's section or the defaults. ``cfg.seed`` seeds the random-init feature network and the MS-SSIM
+    pair subset. ``run_dir``: preprocess both sets with the run's data section (see the module docstring).
+    ``feature_weights``: a MedicalNet checkpoint (None: a random-init network). ``device``: auto, cpu or
+    cuda. ``log`` receives plain-text progress messages.
     """
     real_dir, synth_dir = Path(real_dir), Path(synth_dir)
     run_dir = None if run_dir is None else Path(run_dir)
@@ -476,29 +440,20 @@ def measure(
     cpu_seconds: dict[str, float] = {}
     stage = stopwatch(seconds, cpu_seconds)
 
-    # Options ------------------------------------------------------------------------------------------
-    prep, eval_cfg = resolve_preprocessing(run_dir)
-    features = features or eval_cfg.features
-    if features not in ARCHITECTURES:
-        raise InputError(f"unknown feature network {features!r}: choose one of {', '.join(ARCHITECTURES)}")
-    max_pairs = eval_cfg.max_pairs if max_pairs is None else max_pairs
-    if max_pairs < 1:
-        raise InputError(f"--max-pairs must be at least 1, got {max_pairs}")
-    seed = eval_cfg.seed if seed is None else seed
-    if device not in ("auto", "cpu", "cuda"):
-        raise InputError(f"unknown device {device!r}: use auto, cpu or cuda")
+    # 1. Options, inputs and the feature network --------------------------------------------------------
+    prep = resolve_preprocessing(run_dir)
+    cfg = eval_config(run_dir) if cfg is None else cfg
+    check_options(cfg, device)
     torch_device = resolve_device(device)
-
-    # 2. Inputs and the feature network ----------------------------------------------------------------
     real_files, synth_files = discover_scans(real_dir), discover_scans(synth_dir)
     check_set_size("real", real_dir, real_files)
     check_set_size("synthetic", synth_dir, synth_files)
-    extractor = build_feature_extractor(features, feature_weights, seed=seed, device=torch_device)
+    extractor = build_feature_extractor(cfg.features, feature_weights, seed=cfg.seed, device=torch_device)
     if torch_device.type == "cpu":
         # MONAI's 3D ResNet runs about 25% faster on CPU in the channels-last layout (same weights).
         extractor.model.to(memory_format=torch.channels_last_3d)
 
-    # 3. Read and preprocess ----------------------------------------------------------------------------
+    # 2. Read and preprocess ----------------------------------------------------------------------------
     with stage("loading"):
         prep = prep or default_preprocessing(real_files[0])
         workers = cpu_workers(torch_device)
@@ -507,139 +462,112 @@ def measure(
     # the first message comes once every input has been checked: an error stays a single line
     log(f"Read {len(real_files)} real and {len(synth_files)} synthetic scans ({prep.describe()})")
 
-    # 4. Metrics ------------------------------------------------------------------------------------------
+    # 3. Metrics ------------------------------------------------------------------------------------------
     log(f"Features: {extractor.label}, on {torch_device}")
     with stage("features"):
-        real_features = extract_features(extractor, real.volumes, workers)
-        synth_features = extract_features(extractor, synth.volumes, workers)
+        features = {
+            "real": extract_features(extractor, real.volumes, workers),
+            "synthetic": extract_features(extractor, synth.volumes, workers),
+        }
     with stage("feature_metrics"):
-        metrics_f = feature_metrics(real_features, synth_features, eval_cfg.nearest_k)
+        metrics_f = feature_metrics(features["real"], features["synthetic"], cfg.nearest_k)
 
-    log(f"MS-SSIM diversity: up to {max_pairs} pairs per set")
+    log(f"MS-SSIM diversity: up to {cfg.max_pairs} pairs per set")
     with stage("ms_ssim"):
         ssim_real, ssim_synth = parallel_map(
-            lambda v: pairwise_ms_ssim(v.to(torch_device), max_pairs=max_pairs, seed=seed),
+            lambda v: pairwise_ms_ssim(v.to(torch_device), max_pairs=cfg.max_pairs, seed=cfg.seed),
             [real.volumes, synth.volumes],
             workers=min(2, workers),
             threads_each=max(1, workers // 2),
         )
 
-    metrics: dict[str, Any] = {
-        "fid": metrics_f["fid"],
-        "ms_ssim_synthetic": ssim_synth["mean"],
-        "ms_ssim_real": ssim_real["mean"],
-        "mmd": metrics_f["mmd"],
-        "precision": metrics_f["precision"],
-        "recall": metrics_f["recall"],
-        "density": metrics_f["density"],
-        "coverage": metrics_f["coverage"],
-        "n_real": len(real.files),
-        "n_synthetic": len(synth.files),
-        "ms_ssim_synthetic_ci95": [ssim_synth["ci95_low"], ssim_synth["ci95_high"]],
-        "ms_ssim_real_ci95": [ssim_real["ci95_low"], ssim_real["ci95_high"]],
-        "ms_ssim_pairs": {"synthetic": ssim_synth["n_pairs"], "real": ssim_real["n_pairs"]},
-        "fid_covariance_rank_deficient": metrics_f["fid_covariance_rank_deficient"],
-        "mmd_settings": metrics_f["mmd_settings"],
-        "nearest_k": metrics_f["nearest_k"],
-        "prdc_unavailable": metrics_f["prdc_unavailable"],
-        "feature_extractor": {
-            "name": extractor.name,
-            "label": extractor.label,
-            "weights_sha256": extractor.weights_sha256 or f"random-init seed {seed}",
-            "weights_path": None if feature_weights is None else str(Path(feature_weights).resolve()),
-            "feature_dim": extractor.feature_dim,
-            "implementation": f"monai.networks.nets.{extractor.name} in MedicalNet's configuration "
-            "(not the original MedicalNet forward pass)",
-        },
-        "ms_ssim_settings": {**ssim_real["settings"], "max_pairs": max_pairs, "seed": seed},
-        "preprocessing": prep.to_dict(),
-        "inputs": {
-            "real_dir": str(real_dir.resolve()),
-            "synthetic_dir": str(synth_dir.resolve()),
-            "run": None if run_dir is None else str(run_dir.resolve()),
-            "volume_shape": list(real.volumes.shape[2:]),
-            "voxel_size_mm": {"real": list(real.spacing), "synthetic": list(synth.spacing)},
-            "real_files": _relative(real.files, real_dir),
-            "synthetic_files": _relative(synth.files, synth_dir),
-        },
-        "seed": seed,
-        "device": str(torch_device),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "version": _versions(),
-    }
-    metrics["caveats"] = caveats(metrics)
+    inputs = MetricInputs(
+        volumes={"real": real.volumes, "synthetic": synth.volumes},
+        features=features,
+        feature_metrics=metrics_f,
+        ms_ssim={"real": ssim_real, "synthetic": ssim_synth},
+    )
+    metrics = metrics_json(
+        inputs,
+        real,
+        synth,
+        extractor=extractor,
+        feature_weights=feature_weights,
+        cfg=cfg,
+        prep=prep,
+        run_dir=run_dir,
+        device=torch_device,
+    )
     return Measurement(
         metrics=metrics,
         real=real,
         synthetic=synth,
-        features={"real": real_features, "synthetic": synth_features},
+        features=features,
         ms_ssim_values={"real": ssim_real["values"], "synthetic": ssim_synth["values"]},
         seconds=seconds,
         cpu_seconds=cpu_seconds,
     )
 
 
+def metrics_json(
+    inputs: MetricInputs,
+    real: VolumeSet,
+    synth: VolumeSet,
+    *,
+    extractor: FeatureExtractor,
+    feature_weights: str | Path | None,
+    cfg: EvalConfig,
+    prep: Preprocessing,
+    run_dir: Path | None,
+    device: torch.device,
+) -> dict[str, Any]:
+    """metrics.json's content: each metric of specs.METRICS, then what it was measured on and with.
+
+    Plain types only, in the file's documented order (the metrics' values first, then the set sizes,
+    the intervals, the settings of each metric, the feature network, preprocessing, inputs and versions).
+    """
+    f, ms_ssim = inputs.feature_metrics, inputs.ms_ssim
+    metrics: dict[str, Any] = {spec.key: spec.value(inputs) for spec in METRICS.values()}
+    metrics["n_real"], metrics["n_synthetic"] = len(real.files), len(synth.files)
+    for spec in METRICS.values():
+        if spec.interval is not None:
+            metrics[spec.interval_key] = spec.interval(inputs)
+    metrics.update(
+        {
+            "ms_ssim_pairs": {name: ms_ssim[name]["n_pairs"] for name in ("synthetic", "real")},
+            "fid_covariance_rank_deficient": f["fid_covariance_rank_deficient"],
+            "mmd_settings": f["mmd_settings"],
+            "nearest_k": f["nearest_k"],
+            "prdc_unavailable": f["prdc_unavailable"],
+            "feature_extractor": {
+                "name": extractor.name,
+                "label": extractor.label,
+                "weights_sha256": extractor.weights_sha256 or f"random-init seed {cfg.seed}",
+                "weights_path": None if feature_weights is None else str(Path(feature_weights).resolve()),
+                "feature_dim": extractor.feature_dim,
+                "implementation": f"monai.networks.nets.{extractor.name} in MedicalNet's configuration "
+                "(not the original MedicalNet forward pass)",
+            },
+            "ms_ssim_settings": {**ms_ssim["real"]["settings"], "max_pairs": cfg.max_pairs, "seed": cfg.seed},
+            "preprocessing": prep.to_dict(),
+            "inputs": {
+                "real_dir": str(real.folder.resolve()),
+                "synthetic_dir": str(synth.folder.resolve()),
+                "run": None if run_dir is None else str(run_dir.resolve()),
+                "volume_shape": list(real.volumes.shape[2:]),
+                "voxel_size_mm": {"real": list(real.spacing), "synthetic": list(synth.spacing)},
+                "real_files": _relative(real.files, real.folder),
+                "synthetic_files": _relative(synth.files, synth.folder),
+            },
+            "seed": cfg.seed,
+            "device": str(device),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "version": _versions(),
+        }
+    )
+    metrics["caveats"] = caveats(metrics)
+    return metrics
+
+
 def _relative(files: Sequence[Path], folder: Path) -> list[str]:
     return [str(p.relative_to(folder)) if p != folder else p.name for p in files]
-
-
-def evaluate(
-    real_dir: str | Path,
-    synth_dir: str | Path,
-    report_dir: str | Path,
-    *,
-    run_dir: str | Path | None = None,
-    features: str | None = None,
-    feature_weights: str | Path | None = None,
-    max_pairs: int | None = None,
-    seed: int | None = None,
-    save_features: bool = False,
-    device: str = "auto",
-    overwrite: bool = False,
-    log: Callable[[str], None] = _no_log,
-) -> EvaluationResult:
-    """Compare the scans below ``synth_dir`` with those below ``real_dir``; write REPORT_DIR.
-
-    The options are those of ``measure``. Raises InputError, with nothing written, for bad input:
-    an empty folder, a set of one, differing shapes, a bad weights file, a corrupt scan, or a report
-    folder that is not empty (without ``overwrite``) or overlaps an input folder.
-    """
-    from medddpm.evaluation.report import write_report
-
-    started = time.perf_counter()
-    report_dir = Path(report_dir)
-    check_report_dir(report_dir, overwrite, [Path(real_dir), Path(synth_dir)])
-    m = measure(
-        real_dir,
-        synth_dir,
-        run_dir=run_dir,
-        features=features,
-        feature_weights=feature_weights,
-        max_pairs=max_pairs,
-        seed=seed,
-        device=device,
-        log=log,
-    )
-    metrics, seconds = m.metrics, m.seconds
-
-    # 5. Write the report beside its final place, then rename ------------------------------------------
-    report_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{report_dir.name}-tmp-", dir=report_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes the folder private; a report folder is an ordinary one
-    try:
-        with stopwatch(seconds, m.cpu_seconds)("report"):
-            write_report(tmp, metrics, m.real, m.synthetic, m.ms_ssim_values)
-            if save_features:
-                np.savez_compressed(tmp / "features.npz", **m.features)
-        seconds["total"] = time.perf_counter() - started
-        metrics["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
-        _publish(tmp, report_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return EvaluationResult(
-        metrics, report_dir, report_dir / "report.html", report_dir / "report.md", seconds, m.cpu_seconds
-    )

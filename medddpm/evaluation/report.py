@@ -13,18 +13,18 @@ import base64
 import html
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medddpm.evaluation.specs import METRICS, table_rows
 from medddpm.preview import save_montage
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from medddpm.evaluation.measure import VolumeSet
+    from medddpm.evaluation.measure import Measurement, VolumeSet
 
 MONTAGE_ROWS = 4
 """Volumes shown per set in the montages (the first ones in file order)."""
@@ -38,156 +38,22 @@ FIGURES = {
 }
 
 
-@dataclass(frozen=True)
-class MetricRow:
-    key: str
-    name: str
-    direction: str
-    meaning: str
-
-
-METRIC_ROWS = (
-    MetricRow(
-        "fid",
-        "FID",
-        "↓ lower is better",
-        "Fréchet distance between Gaussians fitted to the two feature sets.",
-    ),
-    MetricRow(
-        "mmd",
-        "MMD²",
-        "↓ lower is better",
-        "Kernel distance between the feature sets (RBF kernel); about 0 when they match.",
-    ),
-    MetricRow(
-        "precision",
-        "Precision",
-        "↑ higher is better",
-        "Share of synthetic volumes that lie among real ones (fidelity).",
-    ),
-    MetricRow(
-        "recall",
-        "Recall",
-        "↑ higher is better",
-        "Share of real volumes that lie among synthetic ones (diversity).",
-    ),
-    MetricRow(
-        "density",
-        "Density",
-        "↑ higher is better (≈ 1 when the sets match)",
-        "How many real neighbourhoods hold each synthetic volume, over k; "
-        "above 1 when samples crowd typical cases.",
-    ),
-    MetricRow(
-        "coverage",
-        "Coverage",
-        "↑ higher is better",
-        "Share of real volumes with a synthetic volume close by.",
-    ),
-    MetricRow(
-        "ms_ssim_synthetic",
-        "MS-SSIM within synthetic",
-        "closer to real is better",
-        "Mean structural similarity of pairs of synthetic volumes; lower = more diverse. "
-        "Much higher than real suggests mode collapse.",
-    ),
-    MetricRow(
-        "ms_ssim_real",
-        "MS-SSIM within real",
-        "reference",
-        "The same for pairs of real volumes: the diversity the synthetic set should match.",
-    ),
-)
-
-
 # --------------------------------------------------------------------------------------------------
-# Numbers as text
+# Text
 # --------------------------------------------------------------------------------------------------
-
-
-def format_value(metrics: dict[str, Any], key: str) -> str:
-    """A metric as shown in tables: significant digits that fit it, a 95% interval for MS-SSIM."""
-    value = metrics.get(key)
-    if value is None:
-        return "unavailable"
-    if key in ("fid", "mmd"):
-        return f"{value:.4g}"
-    if key.startswith("ms_ssim"):
-        lo, hi = metrics.get(f"{key}_ci95", [None, None])
-        return f"{value:.3f}" + (f" (95% CI {lo:.3f}–{hi:.3f})" if lo is not None else "")
-    return f"{value:.2f}"
-
-
-def row_caveat(m: dict[str, Any], key: str) -> str:
-    """The caveat that belongs beside one metric in the table (the full list is in metrics['caveats'])."""
-    dim = m["feature_extractor"]["feature_dim"]
-    if key == "fid":
-        if m["fid_covariance_rank_deficient"]:
-            return (
-                f"Fewer volumes than feature dimensions ({dim}): the covariances are rank-deficient and "
-                "the FID "
-                "is dominated by that; compare only at equal numbers of volumes."
-            )
-        return "Biased upwards at small N; compare only at equal numbers of volumes and the same network."
-    if key == "mmd":
-        return "Kernel bandwidth taken from these features (median heuristic); can be slightly negative."
-    if key in ("precision", "recall", "density", "coverage"):
-        if m["prdc_unavailable"]:
-            return f"Unavailable: {m['prdc_unavailable']}."
-        n = min(m["n_real"], m["n_synthetic"])
-        return f"k = {m['nearest_k']}; with {n} volumes one volume moves it by {1 / n:.0%} or more."
-    s = m["ms_ssim_settings"]
-    return (
-        f"{s['num_scales']} scales, kernel {s['kernel_size']} to fit the volume size; "
-        "the interval is optimistic (pairs share volumes)."
-    )
-
-
-def _diversity_sentence(m: dict[str, Any]) -> str:
-    s, r = m["ms_ssim_synthetic"], m["ms_ssim_real"]
-    (s_lo, s_hi), (r_lo, r_hi) = m["ms_ssim_synthetic_ci95"], m["ms_ssim_real_ci95"]
-    numbers = f"mean pairwise MS-SSIM {s:.3f} against {r:.3f} for the real ones; lower means more diverse"
-    if None not in (s_lo, s_hi, r_lo, r_hi) and s_lo <= r_hi and r_lo <= s_hi:
-        return (
-            f"The synthetic volumes are about as diverse as the real ones ({numbers}; the intervals overlap)."
-        )
-    if s > r:
-        return (
-            f"The synthetic volumes are less diverse than the real ones ({numbers}); "
-            "a much higher value is a sign of mode collapse."
-        )
-    return (
-        f"The synthetic volumes differ more from one another than the real ones do ({numbers}); "
-        "that can be variety, or noise and artefacts: look at the montages."
-    )
 
 
 def summary_text(m: dict[str, Any]) -> str:
     """One paragraph in plain words: what was compared, with what, and what the numbers say."""
-    fe = m["feature_extractor"]
     shape = "×".join(str(s) for s in m["inputs"]["volume_shape"])
     parts = [
         f"{m['n_synthetic']} synthetic volumes were compared with {m['n_real']} real volumes "
-        f"at {shape} voxels, "
-        f"both preprocessed the same way.",
-        f"With the feature network “{fe['label']}”, the FID is {m['fid']:.4g} and the MMD² {m['mmd']:.3g};",
-        "these numbers mean something only next to other evaluations with the same feature network, "
-        "preprocessing and numbers of volumes"
-        + (
-            ", and with this few volumes the FID is dominated by estimation error."
-            if m["fid_covariance_rank_deficient"]
-            else "."
-        ),
-        _diversity_sentence(m),
+        f"at {shape} voxels, both preprocessed the same way."
     ]
-    if m["precision"] is None:
-        parts.append("Precision, recall, density and coverage could not be computed (too few volumes).")
-    else:
-        parts.append(
-            f"{m['precision']:.0%} of the synthetic volumes lie among the real ones (precision) and "
-            f"{m['recall']:.0%} of the real ones lie among the synthetic ones (recall); "
-            f"coverage is {m['coverage']:.0%} and density {m['density']:.2f}."
-        )
+    for spec in METRICS.values():
+        sentence = spec.summary(m) if spec.summary is not None else None
+        if sentence:
+            parts.append(sentence)
     return " ".join(parts)
 
 
@@ -199,8 +65,8 @@ def summary_table(metrics: dict[str, Any]) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("direction")
-    for row in METRIC_ROWS:
-        table.add_row(row.name, format_value(metrics, row.key), row.direction)
+    for spec in table_rows():
+        table.add_row(spec.label, spec.format(metrics), spec.direction)
     table.caption = f"features: {metrics['feature_extractor']['label']}"
     return table
 
@@ -403,10 +269,10 @@ def _html(m: dict[str, Any], images: dict[str, Path]) -> str:
     label, ok = _label_box(m)
     shape = "×".join(str(s) for s in m["inputs"]["volume_shape"])
     rows = "\n".join(
-        f"<tr><td>{e(r.name)}</td><td class='value'>{e(format_value(m, r.key))}</td>"
-        f"<td class='direction'>{e(r.direction)}</td><td class='meaning'>{e(r.meaning)}"
-        f"<span class='caveat'>{e(row_caveat(m, r.key))}</span></td></tr>"
-        for r in METRIC_ROWS
+        f"<tr><td>{e(spec.label)}</td><td class='value'>{e(spec.format(m))}</td>"
+        f"<td class='direction'>{e(spec.direction)}</td><td class='meaning'>{e(spec.meaning)}"
+        f"<span class='caveat'>{e(spec.caveat_for(m))}</span></td></tr>"
+        for spec in table_rows()
     )
     caveats = "\n".join(f"<li>{e(c)}</li>" for c in m["caveats"])
     settings = "\n".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in _settings(m))
@@ -485,9 +351,9 @@ def _markdown(m: dict[str, Any], images: dict[str, Path]) -> str:
         "| Metric | Value | Direction | What it says, and *its caveat* |",
         "|---|---|---|---|",
         *(
-            f"| {r.name} | {_md_cell(format_value(m, r.key))} | {r.direction} | "
-            f"{_md_cell(r.meaning)} *{_md_cell(row_caveat(m, r.key))}* |"
-            for r in METRIC_ROWS
+            f"| {spec.label} | {_md_cell(spec.format(m))} | {spec.direction} | "
+            f"{_md_cell(spec.meaning)} *{_md_cell(spec.caveat_for(m))}* |"
+            for spec in table_rows()
         ),
         "",
         "## Volumes",
@@ -524,25 +390,21 @@ def _markdown(m: dict[str, Any], images: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
-def write_report(
-    folder: Path,
-    metrics: dict[str, Any],
-    real: VolumeSet,
-    synth: VolumeSet,
-    ms_ssim_values: dict[str, Sequence[float]],
-) -> dict[str, Path]:
-    """Figures (PNG), report.html and report.md in ``folder``; returns their paths by name.
+def write_report(folder: Path, measurement: Measurement) -> dict[str, Path]:
+    """Figures (PNG), report.html and report.md of ``measurement`` in ``folder``; returns their paths by name.
 
-    ``metrics`` is the content of metrics.json (see medddpm.evaluation.measure.evaluate), ``real`` and
-    ``synth`` the preprocessed sets, ``ms_ssim_values`` the pair values of each set.
+    The documents' text comes from ``measurement.metrics`` (metrics.json's content) alone; the figures
+    draw the preprocessed sets and the MS-SSIM pair values.
     """
     folder = Path(folder)
+    metrics = measurement.metrics
     json.dumps(metrics, allow_nan=False)  # a report is only written for numbers metrics.json can hold
+    real, synth = measurement.real, measurement.synthetic
     images = {
         "montage_real": _montage(real, folder / FIGURES["montage_real"]),
         "montage_synthetic": _montage(synth, folder / FIGURES["montage_synthetic"]),
         "histograms": _histograms(real, synth, folder / FIGURES["histograms"]),
-        "ms_ssim": _ms_ssim_plot(ms_ssim_values, metrics, folder / FIGURES["ms_ssim"]),
+        "ms_ssim": _ms_ssim_plot(measurement.ms_ssim_values, metrics, folder / FIGURES["ms_ssim"]),
     }
     out = dict(images)
     out["html"] = folder / "report.html"

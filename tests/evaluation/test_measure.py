@@ -14,9 +14,12 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from medddpm.cli import main
+from medddpm.config import EvalConfig, load_config
 from medddpm.errors import InputError
-from medddpm.evaluation.measure import _publish, check_report_dir, measure
+from medddpm.evaluation.measure import check_options, eval_config, measure
 from medddpm.evaluation.metrics import fid_from_features
+from medddpm.evaluation.specs import METRICS
+from medddpm.output_folder import REPORT_FOLDER, check_output, publish_folder
 from tests.conftest import blob_volume, write_nifti
 
 SHAPE = (16, 16, 16)
@@ -146,10 +149,11 @@ def test_saved_features(cli_report):
 def test_fid_is_zero_for_a_copy_and_grows_with_noise(real_dir, tmp_path):
     copy = shutil.copytree(real_dir, tmp_path / "copy")
     real = blobs(N, seed=0)
-    fids = [measure(real_dir, copy, max_pairs=3).metrics["fid"]]
+    cfg = EvalConfig(max_pairs=3)
+    fids = [measure(real_dir, copy, cfg).metrics["fid"]]
     for sigma in (10.0, 40.0):
         folder = write_set(tmp_path / f"noise{sigma:g}", noisy(real, sigma, seed=3))
-        fids.append(measure(real_dir, folder, max_pairs=3).metrics["fid"])
+        fids.append(measure(real_dir, folder, cfg).metrics["fid"])
     assert fids[0] < 1e-6 * fids[1]
     assert fids[0] < fids[1] < fids[2], fids
 
@@ -176,6 +180,16 @@ def test_run_preprocesses_both_sets_with_the_runs_transforms(tiny_run, tmp_path)
     assert metrics["precision"] is None and "at least 6" in metrics["prdc_unavailable"]
     assert math.isfinite(metrics["fid"]) and math.isfinite(metrics["ms_ssim_synthetic"])
     assert "unavailable" in (report / "report.html").read_text()
+
+    # the command's flags override the run's eval section
+    code, _, err = run_cli(
+        ["evaluate", scans, synth, "-o", report, "--run", tiny_run, "--max-pairs", "4", "--seed", "2"]
+        + ["--overwrite"]
+    )
+    assert code == 0, err
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["ms_ssim_settings"]["max_pairs"] == 4 and metrics["seed"] == 2
+    assert metrics["feature_extractor"]["label"].startswith("random-init resnet10 (seed 2)")
 
 
 def _bad_inputs(tmp: Path, real_dir: Path, synth_dir: Path) -> dict[str, tuple[list, Path]]:
@@ -217,26 +231,68 @@ def test_report_folder_rules(real_dir, tmp_path):
     taken.mkdir()
     (taken / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="--overwrite"):
-        check_report_dir(taken, overwrite=False, inputs=[real_dir])
+        check_output(taken, REPORT_FOLDER, overwrite=False, inputs=[real_dir])
     with pytest.raises(InputError, match="notes.txt"):
-        check_report_dir(taken, overwrite=True, inputs=[real_dir])
+        check_output(taken, REPORT_FOLDER, overwrite=True, inputs=[real_dir])
     with pytest.raises(InputError, match="overlaps"):
-        check_report_dir(real_dir / "report", overwrite=True, inputs=[real_dir])
+        check_output(real_dir / "report", REPORT_FOLDER, overwrite=True, inputs=[real_dir])
     with pytest.raises(InputError, match="overlaps"):
-        check_report_dir(real_dir.parent, overwrite=True, inputs=[real_dir])
+        check_output(real_dir.parent, REPORT_FOLDER, overwrite=True, inputs=[real_dir])
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="is a file"):
-        check_report_dir(tmp_path / "file", overwrite=True, inputs=[real_dir])
+        check_output(tmp_path / "file", REPORT_FOLDER, overwrite=True, inputs=[real_dir])
 
     # --overwrite replaces an earlier report as a whole
     old = tmp_path / "report"
     old.mkdir()
     (old / "metrics.json").write_text("{}")
     (old / "montage_real.png").write_bytes(b"png")
-    check_report_dir(old, overwrite=True, inputs=[real_dir])
+    check_output(old, REPORT_FOLDER, overwrite=True, inputs=[real_dir])
     new = tmp_path / ".report-tmp"
     new.mkdir()
     (new / "metrics.json").write_text('{"fid": 1}')
-    _publish(new, old)
+    publish_folder(new, old)
     assert sorted(p.name for p in old.iterdir()) == ["metrics.json"] and not new.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "report", "taken"]
+
+
+# metrics.json's top-level keys that are not metrics: set sizes, settings, provenance
+CONTEXT_KEYS = {
+    "n_real", "n_synthetic", "ms_ssim_pairs", "fid_covariance_rank_deficient", "mmd_settings", "nearest_k",
+    "prdc_unavailable", "feature_extractor", "ms_ssim_settings", "preprocessing", "inputs", "seed", "device",
+    "created", "version", "caveats", "seconds",
+}  # fmt: skip
+
+
+def test_every_metric_in_metrics_json_has_one_spec(cli_report):
+    metrics = json.loads((cli_report[0] / "metrics.json").read_text())
+    intervals = {spec.interval_key: spec for spec in METRICS.values() if spec.interval is not None}
+    metric_keys = [k for k in metrics if k not in CONTEXT_KEYS and k not in intervals]
+    assert metric_keys == list(METRICS)  # each exactly once, in the table's order
+    # any other number at the top level would be a metric without a spec
+    numbers = {k for k, v in metrics.items() if isinstance(v, float)}
+    assert numbers <= set(METRICS)
+    assert all(isinstance(metrics[k], list) and len(metrics[k]) == 2 for k in intervals)
+
+
+def test_eval_config_defaults_run_then_flags(tiny_run, tmp_path):
+    assert eval_config() == EvalConfig()
+    run = load_config(tiny_run / "config.yaml").eval
+    assert run.max_pairs == 20 and eval_config(tiny_run) == run  # the run's section is the base
+    flags = {"eval.max_pairs": 3, "eval.seed": None, "eval.features": "resnet18"}
+    cfg = eval_config(tiny_run, flags)
+    assert (cfg.max_pairs, cfg.seed, cfg.features, cfg.nearest_k) == (3, run.seed, "resnet18", run.nearest_k)
+    assert eval_config(None, {"eval.seed": 7}) == EvalConfig(seed=7)
+
+
+def test_eval_config_refuses_what_the_user_can_fix(real_dir, tmp_path):
+    with pytest.raises(InputError, match="network 'resnet99': choose one of resnet10, resnet18"):
+        eval_config(None, {"eval.features": "resnet99"})
+    with pytest.raises(InputError, match="no such run folder"):
+        eval_config(tmp_path / "nope")
+    with pytest.raises(InputError, match="not a run folder: it has no config.yaml"):
+        eval_config(real_dir, {"eval.seed": 1})
+    with pytest.raises(InputError, match="--max-pairs must be at least 1, got 0"):
+        check_options(EvalConfig(max_pairs=0), "cpu")
+    with pytest.raises(InputError, match="unknown device 'tpu'"):
+        check_options(EvalConfig(), "tpu")

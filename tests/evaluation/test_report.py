@@ -10,8 +10,9 @@ import pytest
 import torch
 from rich.console import Console
 
-from medddpm.evaluation.measure import VolumeSet, caveats
-from medddpm.evaluation.report import FIGURES, format_value, summary_table, summary_text, write_report
+from medddpm.evaluation.measure import Measurement, VolumeSet, caveats
+from medddpm.evaluation.report import FIGURES, summary_table, summary_text, write_report
+from medddpm.evaluation.specs import METRICS
 
 LABEL = "random-init resnet10 (seed 0): comparable only with itself"
 
@@ -79,12 +80,16 @@ def volume_set(name: str, n: int, seed: int) -> VolumeSet:
     return VolumeSet(name, Path(f"/data/{name}"), files, volumes, (1.0, 1.0, 1.0))
 
 
+def measurement(metrics: dict, real: VolumeSet, synth: VolumeSet, values: dict) -> Measurement:
+    return Measurement(metrics, real, synth, features={}, ms_ssim_values=values, seconds={}, cpu_seconds={})
+
+
 def test_values_are_formatted_with_intervals(metrics):
-    assert format_value(metrics, "fid") == "12.35"
-    assert format_value(metrics, "ms_ssim_real") == "0.400 (95% CI 0.370–0.430)"
-    assert format_value(metrics, "precision") == "0.80"
+    assert METRICS["fid"].format(metrics) == "12.35"
+    assert METRICS["ms_ssim_real"].format(metrics) == "0.400 (95% CI 0.370–0.430)"
+    assert METRICS["precision"].format(metrics) == "0.80"
     metrics["precision"] = None
-    assert format_value(metrics, "precision") == "unavailable"
+    assert METRICS["precision"].format(metrics) == "unavailable"
 
 
 def test_summary_follows_the_numbers(metrics):
@@ -111,6 +116,10 @@ def test_caveats_follow_the_inputs(metrics):
     text = " ".join(metrics["caveats"])
     assert "randomly initialised" in text and "rank-deficient" in text and "memorisation" in text
     assert "not of the original MedicalNet code" in text and "MONAI's MMDMetric" in text
+    # one note per metric, in the tables' order; PRDC's four metrics share theirs
+    starts = ("FID: with", "MMD² uses", "Precision, recall, density and coverage (k = 5)", "MS-SSIM uses")
+    at = [[i for i, c in enumerate(metrics["caveats"]) if c.startswith(s)] for s in starts]
+    assert [len(i) for i in at] == [1, 1, 1, 1] and [i[0] for i in at] == sorted(i[0] for i in at)
 
     trained = copy.deepcopy(metrics)
     trained["feature_extractor"].update(weights_sha256="ab" * 32, label="MedicalNet resnet10 (sha256 abab…)")
@@ -132,7 +141,7 @@ def test_console_table_has_directions_and_label(metrics):
 def test_documents_and_figures(metrics, tmp_path):
     real, synth = volume_set("real", 6, 0), volume_set("synthetic", 8, 1)
     values = {"real": [0.4, 0.41, 0.39], "synthetic": [0.42, 0.43, 0.41, 0.44]}
-    paths = write_report(tmp_path, metrics, real, synth, values)
+    paths = write_report(tmp_path, measurement(metrics, real, synth, values))
     for name in FIGURES.values():
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -152,5 +161,6 @@ def test_documents_and_figures(metrics, tmp_path):
 def test_a_bad_number_writes_no_report(metrics, tmp_path):
     metrics["fid"] = float("nan")
     with pytest.raises(ValueError):
-        write_report(tmp_path, metrics, volume_set("real", 2, 0), volume_set("synthetic", 2, 1), {})
+        real, synth = volume_set("real", 2, 0), volume_set("synthetic", 2, 1)
+        write_report(tmp_path, measurement(metrics, real, synth, {}))
     assert not any(tmp_path.iterdir())
