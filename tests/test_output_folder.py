@@ -315,7 +315,8 @@ def test_a_run_folder_holds_only_what_run_folder_declares(tiny_run: Path):
 
 
 def test_samples_and_a_report_hold_only_what_their_tables_declare(tiny_run: Path, tmp_path: Path):
-    from medddpm.evaluation.measure import evaluate
+    from medddpm.evaluation.evaluate import evaluate
+    from medddpm.evaluation.measure import eval_config
     from medddpm.inference.sample_to_folder import sample_to_folder
     from medddpm.runtime import torch_threads
 
@@ -324,7 +325,8 @@ def test_samples_and_a_report_hold_only_what_their_tables_declare(tiny_run: Path
         write_nifti(tmp_path / "real" / f"r{i}.nii.gz", blob_volume(rng, (16, 16, 16)))
     with torch_threads(1):
         samples = sample_to_folder(tiny_run, tmp_path / "samples", 2, steps=2, fmt="nii.gz")
-        evaluate(tmp_path / "real", samples.out_dir, tmp_path / "report", max_pairs=1, save_features=True)
+        cfg = eval_config(flags={"eval.max_pairs": 1})
+        evaluate(tmp_path / "real", samples.out_dir, tmp_path / "report", cfg, save_features=True)
     written = {"samples": list(samples.out_dir.iterdir()), "report": list((tmp_path / "report").iterdir())}
     names = {"sample_0000.nii.gz", "sample_0001.nii.gz", "manifest.json", "preview.png"}
     assert {p.name for p in written["samples"]} == names
