@@ -13,13 +13,9 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from medddpm.diffusion.noise import PerSampleGenerator
 from medddpm.diffusion.schedule import NoiseSchedule
 from medddpm.runtime import autocast
-
-
-def seeded_generators(seeds: Sequence[int]) -> list[torch.Generator]:
-    """One CPU generator per sample: CPU draws make the noise identical on any device."""
-    return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
 @torch.no_grad()
@@ -58,9 +54,10 @@ def generate_batches(
     noise = {} if eta is None else {"eta": eta}  # None: the sampler's own default
     for start in range(0, len(seeds), batch_size):
         batch_seeds = [int(s) for s in seeds[start : start + batch_size]]
-        generators = seeded_generators(batch_seeds)
-        x_T = torch.stack([torch.randn(1, *image_size, generator=g) for g in generators]).to(device)
-        x_0 = sample(sampler, network, x_T, schedule, steps, generator=generators, callback=on_step, **noise)
+        # One CPU generator per sample: CPU draws make the noise identical on any device.
+        generator = PerSampleGenerator.from_seeds(batch_seeds)
+        x_T = generator.randn((len(batch_seeds), 1, *image_size), device=device)
+        x_0 = sample(sampler, network, x_T, schedule, steps, generator=generator, callback=on_step, **noise)
         yield batch_seeds, x_0.float().clamp(-1, 1).cpu()
 
 

@@ -5,12 +5,12 @@ Every sampler is a free function with one signature::
     sample_x(model, x, schedule, steps, *, eta, generator=None, callback=None) -> x_0
 
     model      model(x_t, t) -> eps or v (per ``schedule.prediction``); x_t [B, C, *spatial], t [B] long
-    x          x_T ~ N(0, I), [B, C, *spatial]; the caller draws it (``randn_like_per_sample``)
+    x          x_T ~ N(0, I), [B, C, *spatial]; the caller draws it (medddpm.diffusion.noise)
     schedule   NoiseSchedule: alpha-bar_t for the T training timesteps, float64
     steps      network evaluations, 1 <= steps <= T; the timesteps visited are ``timesteps_for``
     eta        how much fresh noise each step adds (its meaning per sampler is in each docstring)
-    generator  None (torch's global RNG), one torch.Generator, or one per batch element so that
-               sample i is the same whatever the batch size
+    generator  None (torch's global RNG), one torch.Generator, or a PerSampleGenerator (one per
+               batch element) so that sample i is the same whatever the batch size
     callback   callback(i, total) after step i = 1..total, for progress bars
 
 Notation (paper symbol -> code name). Paper conventions differ: Song et al. write alpha_t for what
@@ -41,15 +41,15 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 
+from medddpm.diffusion.noise import RandomSource, randn_like
 from medddpm.diffusion.schedule import NoiseSchedule
 from medddpm.errors import InputError
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Generators = torch.Generator | Sequence[torch.Generator] | None
 Callback = Callable[[int, int], None]
 
 X0_RANGE = (-1.0, 1.0)
@@ -77,27 +77,6 @@ def timesteps_for(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
     # T - i (T/steps) as numpy's arange computes it, so the rounding matches diffusers bit for bit.
     t = T - torch.arange(steps, dtype=torch.float64) * (T / steps)
     return t.round().long() - 1
-
-
-def randn_like_per_sample(x: torch.Tensor, generators: Generators) -> torch.Tensor:
-    """N(0, I) noise shaped like x [B, C, *spatial], in x's dtype and on x's device.
-
-    generators: None draws from torch's global RNG; one torch.Generator draws the whole batch from it;
-    a sequence of B generators draws element i from generators[i] alone, so sample i does not
-    depend on the batch it is in. Noise is drawn on each generator's own device and moved to x's,
-    so CPU generators give the same voxels on any device.
-    """
-    if generators is None:
-        return torch.randn_like(x)
-
-    def draw(shape: torch.Size, g: torch.Generator) -> torch.Tensor:
-        return torch.randn(shape, generator=g, dtype=x.dtype, device=g.device).to(x.device)
-
-    if isinstance(generators, torch.Generator):
-        return draw(x.shape, generators)
-    if len(generators) != x.shape[0]:
-        raise ValueError(f"got {len(generators)} generators for a batch of {x.shape[0]}; pass one per sample")
-    return torch.stack([draw(x.shape[1:], g) for g in generators])
 
 
 def _latent(x: torch.Tensor) -> torch.Tensor:
@@ -154,7 +133,7 @@ def sample_ddpm(
     steps: int,
     *,
     eta: float = 1.0,
-    generator: Generators = None,
+    generator: RandomSource = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Ancestral DDPM sampling (Ho et al. 2020, "Denoising Diffusion Probabilistic Models", Algorithm 2).
@@ -179,7 +158,7 @@ def sample_ddpm(
         #    variance of Sec. 3.2, MONAI's default); none after the last step.
         if s >= 0 and eta > 0:
             sigma = eta * math.sqrt((1 - ab_s) / (1 - ab_t) * beta)
-            x = x + sigma * randn_like_per_sample(x, generator)
+            x = x + sigma * randn_like(x, generator)
         if callback is not None:
             callback(i, len(plan))
     return x
@@ -193,7 +172,7 @@ def sample_ddim(
     steps: int,
     *,
     eta: float = 0.0,
-    generator: Generators = None,
+    generator: RandomSource = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """DDIM sampling (Song et al. 2021, "Denoising Diffusion Implicit Models", Eq. 12).
@@ -212,7 +191,7 @@ def sample_ddim(
         # 3. Eq. 12: x_s = sqrt(ab_s) x-hat_0 + sqrt(1 - ab_s - sigma^2) eps-hat + sigma z.
         x = math.sqrt(ab_s) * x0 + math.sqrt(max(1 - ab_s - sigma**2, 0.0)) * eps
         if sigma > 0:
-            x = x + sigma * randn_like_per_sample(x, generator)
+            x = x + sigma * randn_like(x, generator)
         if callback is not None:
             callback(i, len(plan))
     return x
@@ -226,7 +205,7 @@ def sample_dpmpp_2m(
     steps: int,
     *,
     eta: float = 0.0,
-    generator: Generators = None,
+    generator: RandomSource = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022b, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
@@ -261,7 +240,7 @@ def sample_dpmpp_2m(
             #    for eta = 0), plus sigma_s sqrt(1 - e^{-2 eta h}) z.
             x = (sigma_s / sigma_t * math.exp(-eta * h)) * x - (alpha_s * math.expm1(-(1 + eta) * h)) * D
             if eta > 0:
-                x = x + (sigma_s * math.sqrt(-math.expm1(-2 * eta * h))) * randn_like_per_sample(x, generator)
+                x = x + (sigma_s * math.sqrt(-math.expm1(-2 * eta * h))) * randn_like(x, generator)
             x0_prev, h_prev = x0, h
         if callback is not None:
             callback(i, len(plan))

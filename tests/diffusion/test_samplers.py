@@ -12,9 +12,9 @@ import dataclasses
 import pytest
 import torch
 
+from medddpm.diffusion.noise import PerSampleGenerator, randn_like
 from medddpm.diffusion.samplers import (
     SAMPLERS,
-    randn_like_per_sample,
     sample,
     sample_ddim,
     sample_ddpm,
@@ -77,8 +77,8 @@ def noise(seed: int = 0, shape: tuple[int, ...] = SHAPE) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
-def generators(*seeds: int) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(s) for s in seeds]
+def generators(*seeds: int) -> PerSampleGenerator:
+    return PerSampleGenerator.from_seeds(seeds)
 
 
 def run_loop(scheduler, model, x: torch.Tensor, step) -> torch.Tensor:
@@ -163,7 +163,7 @@ def test_ddpm_respaced_matches_diffusers(prediction, steps):
         timestep_spacing="trailing",
     )
     ref.set_timesteps(steps)
-    gs = generators(3, 4)
+    gs = generators(3, 4).generators  # diffusers takes a list, one generator per sample
     expected = run_loop(ref, model, x, lambda out, t, x: ref.step(out, t, x, generator=gs).prev_sample)
     ours = sample_ddpm(model, x, schedule, steps, generator=generators(3, 4))
     torch.testing.assert_close(ours, expected, atol=ATOL, rtol=0)
@@ -209,7 +209,7 @@ def test_dpmpp_2m_matches_diffusers(prediction, kind, steps, eta):
         sample_max_value=1.0,
     )
     ref.set_timesteps(steps)
-    gs = generators(5, 6)
+    gs = generators(5, 6).generators
     expected = run_loop(ref, model, x, lambda out, t, x: ref.step(out, t, x, generator=gs).prev_sample)
     ours = sample_dpmpp_2m(model, x, schedule, steps, eta=eta, generator=generators(5, 6))
     atol = ATOL_LOW_SNR if (kind, prediction) == ("cosine", "eps") else ATOL
@@ -261,7 +261,7 @@ def test_per_sample_generators_make_batches_irrelevant(name, eta):
     model = FakeDenoiser(schedule)
 
     def run(*seeds: int) -> torch.Tensor:
-        x = randn_like_per_sample(torch.empty((len(seeds), *SHAPE[1:])), generators(*seeds))
+        x = randn_like(torch.empty((len(seeds), *SHAPE[1:])), generators(*seeds))
         return sample(name, model, x, schedule, 5, eta=eta, generator=generators(*seeds))
 
     alone, batch = run(0), run(0, 1, 2)
@@ -279,9 +279,9 @@ def test_single_generator_is_reproducible():
     assert torch.equal(a, b) and not torch.allclose(a, c)
 
 
-def test_generator_list_must_match_batch():
+def test_generator_must_match_batch():
     with pytest.raises(ValueError, match="one per sample"):
-        randn_like_per_sample(torch.empty(SHAPE), generators(0))
+        randn_like(torch.empty(SHAPE), generators(0))
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
