@@ -26,7 +26,6 @@ sampling writes (samples, manifest, preview) before starting again.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import re
 import time
@@ -83,13 +82,6 @@ def shard(indices: list[int], rank: int, world_size: int) -> list[int]:
 def missing_samples(out_dir: Path, num: int, fmt: str) -> list[int]:
     """Indices 0 .. num-1 with no file in ``out_dir`` yet (every process's share)."""
     return [i for i in range(num) if not (Path(out_dir) / sample_name(i, fmt)).exists()]
-
-
-def sampler_default_eta(sampler: str) -> float:
-    """The eta a sampler uses when none is given (its keyword default in medddpm.diffusion.samplers)."""
-    from medddpm.diffusion.samplers import SAMPLERS
-
-    return float(inspect.signature(SAMPLERS[sampler]).parameters["eta"].default)
 
 
 def file_sha256(path: Path) -> str:
@@ -197,7 +189,7 @@ def _plan(
     device: str,
     fmt: str,
 ) -> _Plan:
-    from medddpm.diffusion.samplers import SAMPLERS
+    from medddpm.diffusion.samplers import SAMPLERS, resolve_eta
     from medddpm.models.unet import build_unet
 
     check_torch_version()
@@ -248,7 +240,7 @@ def _plan(
         sampler=sampler,
         steps=steps,
         eta=eta,
-        eta_used=eta if eta is not None else sampler_default_eta(sampler),
+        eta_used=resolve_eta(sampler, eta),
         seed=seed,
         batch_size=batch_size,
         precision=resolved_precision,
