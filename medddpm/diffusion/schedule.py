@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from medddpm.config import DiffusionConfig
 from medddpm.diffusion.noise import RandomSource, randint, randn
+
+if TYPE_CHECKING:  # medddpm.config imports the sampler registry, so this module must not import it
+    from medddpm.config import DiffusionConfig
 
 
 def append_dims(x: torch.Tensor, ndim: int) -> torch.Tensor:

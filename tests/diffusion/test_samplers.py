@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -413,3 +416,29 @@ def test_eta_none_is_the_entry_default(name):
     torch.testing.assert_close(run(), run(eta=entry.eta), atol=0, rtol=0)
     lo, hi = entry.eta_range
     assert entry.allows_eta(lo) and entry.allows_eta(min(hi, 7.0)) and not entry.allows_eta(lo - 0.1)
+
+
+def test_config_accepts_exactly_the_registered_names_and_eta_bounds():
+    from medddpm.config import SampleConfig, config_from_dict
+
+    for name, entry in SAMPLERS.items():
+        assert config_from_dict({"sample": {"sampler": name}}).sample.sampler == name
+        assert name in SampleConfig.model_fields["sampler"].description
+        assert f"{name} {entry.eta:g}" in SampleConfig.model_fields["eta"].description
+    with pytest.raises(
+        InputError, match=r"sample.sampler.*unknown sampler 'euler' \(choose one of: ddpm, ddim"
+    ):
+        config_from_dict({"sample": {"sampler": "euler"}})
+    with pytest.raises(InputError, match="sample.eta.*between 0 and 1 for the ddim sampler"):
+        config_from_dict({"sample": {"sampler": "ddim", "eta": 1.5}})
+    assert config_from_dict({"sample": {"sampler": "dpm++", "eta": 1.5}}).sample.eta == 1.5
+
+
+@pytest.mark.parametrize(
+    "first", ["medddpm.config", "medddpm.diffusion.schedule", "medddpm.diffusion.generate"]
+)
+def test_config_and_registry_import_in_any_order(first):
+    # medddpm.config reads the registry, so nothing the registry imports may import medddpm.config
+    code = f"import {first}, medddpm.config, medddpm.diffusion.samplers as s; assert 'ddim' in s.SAMPLERS"
+    root = Path(__file__).parents[2]  # python -c imports from its working directory first
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=root)
