@@ -334,7 +334,7 @@ def main() -> None:
     seeds = list(range(10_000, 10_000 + args.num))
 
     rows = []
-    from medddpm.inference.sample_to_folder import sampler_default_eta
+    from medddpm.diffusion.samplers import resolve_eta
     from medddpm.preview import save_montage
 
     settings = [s for s in SETTINGS if args.only is None or setting_name(*s) in args.only]
@@ -345,7 +345,7 @@ def main() -> None:
         name = setting_name(sampler, steps, eta)
         volumes, seconds = draw(run, sampler, steps, eta, seeds, args.batch_size, device)
         np.save(args.out / f"samples-{name}.npy", volumes)
-        used_eta = sampler_default_eta(sampler) if eta is None else eta
+        used_eta = resolve_eta(sampler, eta)
         row = {"name": name, "sampler": sampler, "steps": steps, "eta": used_eta, "seconds": seconds}
         row.update(quality(volumes))
         rows.append(row)

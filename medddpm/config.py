@@ -16,15 +16,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, PositiveFloat, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+# The sampler registry is the one list of sampler names (it imports torch; nothing in
+# medddpm.diffusion imports this module at run time, so there is no circle).
+from medddpm.diffusion.samplers import SAMPLERS, sampler_entry
 from medddpm.errors import InputError
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
-Sampler = Literal["ddpm", "ddim", "dpm++"]
 
 
 def _triple(value: Any, name: str) -> Any:
@@ -180,14 +191,65 @@ class TrainConfig(Section):
 
 
 class SampleConfig(Section):
-    sampler: Sampler = "dpm++"
-    """DPM-Solver++(2M): near-DDPM quality in tens of steps."""
+    sampler: str = Field(
+        "dpm++",
+        description=f"One of {', '.join(SAMPLERS)} (medddpm.diffusion.samplers.SAMPLERS); "
+        "dpm++ = DPM-Solver++(2M): near-DDPM quality in tens of steps.",
+    )
     steps: int = 25
     """Network evaluations per volume for the default sampler."""
-    eta: float | None = None
-    """Sampler noise: None uses each sampler's own (ddpm 1, ddim 0, dpm++ 0 = the ODE solver)."""
+    eta: float | None = Field(
+        None,
+        description="Sampler noise: None uses each sampler's own ("
+        + ", ".join(f"{name} {entry.eta:g}" for name, entry in SAMPLERS.items())
+        + "); allowed: "
+        + ", ".join(f"{name} {entry.eta_bounds}" for name, entry in SAMPLERS.items())
+        + ".",
+    )
     batch_size: int = 4
     """Volumes denoised at once."""
+
+    @field_validator("sampler")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        try:
+            sampler_entry(name)
+        except InputError as e:
+            raise ValueError(str(e)) from None
+        return name
+
+    @field_validator("steps", "batch_size")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @field_validator("eta")
+    @classmethod
+    def _within_bounds(cls, eta: float | None, info: ValidationInfo) -> float | None:
+        sampler = info.data.get("sampler")  # absent when the sampler itself was invalid
+        if eta is not None and sampler is not None and not SAMPLERS[sampler].allows_eta(eta):
+            raise ValueError(f"must be {SAMPLERS[sampler].eta_bounds} for the {sampler} sampler")
+        return eta
+
+    def with_flags(self, **flags: Any) -> SampleConfig:
+        """This section (a checkpoint's) with each command-line flag that is not None on top:
+        defaults < checkpoint config < flags, as ``build_config`` does for ``train``.
+
+        ``flags`` are field names (``steps=10``); an invalid value is an InputError that names its
+        flag (``--steps``), or this section's key when the flag made this section's own value invalid
+        (``--sampler ddim`` with ``eta: 2`` in the checkpoint config).
+        """
+        given = {k: v for k, v in flags.items() if v is not None}
+        try:
+            return SampleConfig.model_validate({**self.model_dump(), **given})
+        except ValidationError as e:
+            first = e.errors()[0]
+            key = str(first["loc"][0]) if first["loc"] else ""
+            where = f"--{key.replace('_', '-')}" if key in given else f"sample.{key} of the checkpoint config"
+            msg = first["msg"].removeprefix("Value error, ")
+            raise InputError(f"invalid value for {where}: {msg} (got {first.get('input')!r})") from None
 
 
 class EvalConfig(Section):

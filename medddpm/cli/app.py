@@ -41,8 +41,10 @@ def _root(
         raise typer.Exit()
 
 
+COMMAND_CLASSES = {sample.sample: sample.SampleCommand}
+"""Commands whose help is completed when it is shown (sample: from the sampler registry)."""
 for command in (train.train, sample.sample, evaluate.evaluate, demo.demo, info.info):
-    app.command()(command)
+    app.command(cls=COMMAND_CLASSES.get(command))(command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,17 +1,40 @@
-"""``medddpm sample``: options to the sampling of a checkpoint into a folder."""
+"""``medddpm sample``: flags on top of the checkpoint config's ``sample`` section, then the sampling
+of that checkpoint into a folder."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
+from rich.text import Text
+from typer.core import TyperCommand
 
 from medddpm.cli.options import (
     console,
     startup_checks,
 )
 from medddpm.cli.progress import sampling_progress
+
+SAMPLER_HELP = "Sampler (default: the checkpoint's sample.sampler)."
+ETA_HELP = "Sampler noise (default: sample.eta, else the sampler's own)."
+
+
+class SampleCommand(TyperCommand):
+    """``medddpm sample``, whose --sampler and --eta help is completed from the sampler registry when
+    it is shown: the registry imports torch, which ``medddpm --help`` must not wait for."""
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from medddpm.diffusion.samplers import SAMPLERS
+
+        names = "; ".join(f"{name}: {entry.description}" for name, entry in SAMPLERS.items())
+        etas = "; ".join(f"{name} {entry.eta:g} ({entry.eta_bounds})" for name, entry in SAMPLERS.items())
+        helps = {"sampler": f"{SAMPLER_HELP} {names}.", "eta": f"{ETA_HELP} {etas}."}
+        for param in self.params:
+            if param.name in helps:
+                param.help = helps[param.name]
+        super().format_help(ctx, formatter)
 
 
 def sample(
@@ -20,19 +43,11 @@ def sample(
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the samples into.")],
     num: Annotated[int, typer.Option("--num", "-n", help="Number of volumes to write.")],
-    sampler: Annotated[
-        str | None,
-        typer.Option("--sampler", help="ddpm, ddim or dpm++ (default: the checkpoint's sample.sampler)."),
-    ] = None,
+    sampler: Annotated[str | None, typer.Option("--sampler", help=SAMPLER_HELP)] = None,
     steps: Annotated[
         int | None, typer.Option("--steps", help="Network evaluations per volume (default: sample.steps).")
     ] = None,
-    eta: Annotated[
-        float | None,
-        typer.Option(
-            "--eta", help="Sampler noise (default: sample.eta, else the sampler's own: ddpm 1, ddim/dpm++ 0)."
-        ),
-    ] = None,
+    eta: Annotated[float | None, typer.Option("--eta", help=ETA_HELP)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Sample i is drawn from seed + i.")] = 0,
     batch_size: Annotated[
         int | None,
@@ -63,25 +78,34 @@ def sample(
     share (write -n N there: torchrun's own parser mistakes --num for its --numa-binding).
     """
     startup_checks()
-    from medddpm.inference.sample_to_folder import sample_to_folder
+    from medddpm.inference.sample_to_folder import checkpoint_config, sample_to_folder
 
+    # The checkpoint is resolved once, so its config and its weights come from the same folder.
+    checkpoint_dir, cfg = checkpoint_config(run_dir, checkpoint)
+    settings = cfg.sample.with_flags(sampler=sampler, steps=steps, eta=eta, batch_size=batch_size)
     with sampling_progress() as (on_volumes, on_step):
         sample_to_folder(
-            run_dir,
+            checkpoint_dir,
             output,
             num,
-            checkpoint=checkpoint,
-            sampler=sampler,
-            steps=steps,
-            eta=eta,
+            settings,
             seed=seed,
-            batch_size=batch_size,
             ema=not no_ema,
             precision=precision,
             device=device,
             fmt=fmt,
             overwrite=overwrite,
-            log=console.print,
+            log=_log,
             on_volumes=on_volumes,
             on_step=on_step,
         )
+
+
+def _log(message: str) -> None:
+    """The library's plain-text lines, printed as text (a path with brackets is not markup), with a
+    leading "warning:" in yellow."""
+    head, sep, rest = message.partition("warning:")
+    if sep and not head:
+        console.print(Text.assemble(("warning:", "yellow"), rest))
+    else:
+        console.print(Text(message))

@@ -1,5 +1,8 @@
-"""The diffusion math: noise schedule and training objective (``schedule``), samplers with one
-signature and their registry (``samplers``), and per-seed batched generation (``generate``).
+"""The diffusion math: noise schedule and training objective (``schedule``), per-sample random
+generators (``noise``), samplers with one signature, their timestep spacing and their registry
+(``samplers``), and per-seed batched generation (``generate``).
 
-May import: ``medddpm.config``, ``medddpm.errors``, ``medddpm.runtime``. No files, no folders.
+May import: ``medddpm.errors``, ``medddpm.runtime``; ``medddpm.config`` for type hints only, because
+``medddpm.config`` reads the sampler registry (its allowed names) and so imports ``samplers``. No
+files, no folders.
 """

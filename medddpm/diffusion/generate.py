@@ -13,13 +13,10 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from medddpm.diffusion.noise import PerSampleGenerator
+from medddpm.diffusion.samplers import sample, timesteps_for
 from medddpm.diffusion.schedule import NoiseSchedule
 from medddpm.runtime import autocast
-
-
-def seeded_generators(seeds: Sequence[int]) -> list[torch.Generator]:
-    """One CPU generator per sample: CPU draws make the noise identical on any device."""
-    return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
 @torch.no_grad()
@@ -41,26 +38,28 @@ def generate_batches(
 
     Yields ``(seeds, volumes)``: the batch's seeds and float32 CPU tensors [b, 1, D, H, W] in model
     space [-1, 1], so a caller can write files as they come without holding every volume.
-    ``eta=None`` uses the sampler's own default (see medddpm.diffusion.samplers). ``on_step(i, total)`` is
+    ``sampler``: a key of medddpm.diffusion.samplers.SAMPLERS, run over ``timesteps_for(schedule,
+    steps)``; ``eta=None`` uses its registry default. Each batch's x_T and sampler noise come from a
+    PerSampleGenerator of CPU generators seeded with the batch's seeds. ``on_step(i, total)`` is
     called after every network evaluation of a batch (progress bars). The network runs under
     autocast for ``precision`` (bf16 / fp16); the sampler's arithmetic stays in float32.
     """
-    from medddpm.diffusion.samplers import sample
-
     device = torch.device(device)
     model.eval()
 
-    def network(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def network(x: torch.Tensor, t: torch.Tensor, **model_kwargs) -> torch.Tensor:
         with autocast(precision, device):
-            return model(x, t).float()
+            return model(x, t, **model_kwargs).float()
 
+    timesteps = timesteps_for(schedule, steps)
     batch_size = batch_size or len(seeds)
-    noise = {} if eta is None else {"eta": eta}  # None: the sampler's own default
     for start in range(0, len(seeds), batch_size):
         batch_seeds = [int(s) for s in seeds[start : start + batch_size]]
-        generators = seeded_generators(batch_seeds)
-        x_T = torch.stack([torch.randn(1, *image_size, generator=g) for g in generators]).to(device)
-        x_0 = sample(sampler, network, x_T, schedule, steps, generator=generators, callback=on_step, **noise)
+        generator = PerSampleGenerator.from_seeds(batch_seeds)
+        x_T = generator.randn((len(batch_seeds), 1, *image_size), device=device)
+        x_0 = sample(
+            sampler, network, x_T, schedule, timesteps, eta=eta, generator=generator, callback=on_step
+        )
         yield batch_seeds, x_0.float().clamp(-1, 1).cpu()
 
 

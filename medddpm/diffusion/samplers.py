@@ -1,17 +1,30 @@
 """Samplers: from noise x_T to a volume x_0 with a trained eps- or v-prediction network.
 
-Every sampler is a free function with one signature::
+Every sampler is a free function with one signature (k-diffusion's ``sample_x(model, x, sigmas,
+extra_args=...)``, with timesteps in place of sigmas)::
 
-    sample_x(model, x, schedule, steps, *, eta, generator=None, callback=None) -> x_0
+    sample_x(model, x, schedule, timesteps, *, eta, generator=None, clip=X0_RANGE,
+             model_kwargs=None, callback=None) -> x_0
 
-    model      model(x_t, t) -> eps or v (per ``schedule.prediction``); x_t [B, C, *spatial], t [B] long
-    x          x_T ~ N(0, I), [B, C, *spatial]; the caller draws it (``randn_like_per_sample``)
-    schedule   NoiseSchedule: alpha-bar_t for the T training timesteps, float64
-    steps      network evaluations, 1 <= steps <= T; the timesteps visited are ``timesteps_for``
-    eta        how much fresh noise each step adds (its meaning per sampler is in each docstring)
-    generator  None (torch's global RNG), one torch.Generator, or one per batch element so that
-               sample i is the same whatever the batch size
-    callback   callback(i, total) after step i = 1..total, for progress bars
+    model         model(x_t, t, **model_kwargs) -> eps or v (per ``schedule.prediction``);
+                  x_t [B, C, *spatial], t [B] long
+    x             x_T ~ N(0, I), [B, C, *spatial]; the caller draws it (medddpm.diffusion.noise)
+    schedule      NoiseSchedule: alpha-bar_t for the T training timesteps, float64
+    timesteps     the training timesteps to visit, strictly decreasing, one network evaluation
+                  each: a spacing function computes them (``timesteps_for``: trailing spacing)
+    eta           how much fresh noise each step adds (its meaning per sampler is in each docstring;
+                  its default and bounds are in the sampler's registry entry, SAMPLERS)
+    generator     where that noise comes from: None (torch's global generator), one
+                  torch.Generator, or a PerSampleGenerator, so that sample i is the same whatever
+                  the batch (medddpm.diffusion.noise)
+    clip          (low, high) range x-hat_0 is clipped to, or None for no clipping (a latent space)
+    model_kwargs  keyword arguments for the model, passed untouched on every call (conditioning:
+                  EDM's ``class_labels``, k-diffusion's ``extra_args``); None passes none
+    callback      callback(i, total) after step i = 1..total, for progress bars
+
+A new sampler is one such function and one ``SamplerEntry`` in ``SAMPLERS``: the config's allowed
+names (``sample.sampler``) and ``medddpm sample --help`` are read from the registry. ``plan_steps``
+and ``denoise`` are the building blocks every sampler here uses.
 
 Notation (paper symbol -> code name). Paper conventions differ: Song et al. write alpha_t for what
 Ho et al. call alpha-bar_t; Lu et al. write alpha_t for its square root. The code uses one set:
@@ -27,10 +40,10 @@ Shared conventions, chosen to match the reference implementations the tests comp
 
 * Timesteps are "trailing" (Lin et al. 2024, Table 2; diffusers ``timestep_spacing="trailing"``):
   the first step is always t = T-1, where x_T is pure noise, and the last step jumps to s = -1.
-* x-hat_0 is clipped to [-1, 1], the range training volumes are scaled to: MONAI's schedulers do so
-  by default (``clip_sample=True``), as did Ho et al.'s released code; for DPM-Solver++ it is the
-  static case of the thresholding Lu et al. (2022b) apply to the data prediction. eps-hat is not
-  recomputed from the clipped x-hat_0 (MONAI's and diffusers' default).
+* x-hat_0 is clipped to [-1, 1] by default, the range training volumes are scaled to: MONAI's
+  schedulers do so by default (``clip_sample=True``), as did Ho et al.'s released code; for
+  DPM-Solver++ it is the static case of the thresholding Lu et al. (2022b) apply to the data
+  prediction. eps-hat is not recomputed from the clipped x-hat_0 (MONAI's and diffusers' default).
 * Schedule arithmetic is done in float64 (Python floats, one timestep per step for the whole batch);
   latents are at least float32; the network's output is cast to the latents' dtype, so it may run
   under autocast.
@@ -41,23 +54,45 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
+from medddpm.diffusion.noise import RandomSource, randn_like
 from medddpm.diffusion.schedule import NoiseSchedule
 from medddpm.errors import InputError
 
-Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Generators = torch.Generator | Sequence[torch.Generator] | None
+Model = Callable[..., torch.Tensor]
+"""model(x_t [B, C, *spatial], t [B] long, **model_kwargs) -> eps or v, shaped like x_t."""
 Callback = Callable[[int, int], None]
+ClipRange = tuple[float, float] | None
 
 X0_RANGE = (-1.0, 1.0)
-"""x-hat_0 is clipped to this range, the one preprocessing scales training volumes to."""
+"""x-hat_0 is clipped to this range by default, the one preprocessing scales training volumes to."""
+
+
+class Sampler(Protocol):
+    """The one signature every sampler has (see the module docstring)."""
+
+    def __call__(
+        self,
+        model: Model,
+        x: torch.Tensor,
+        schedule: NoiseSchedule,
+        timesteps: torch.Tensor | Sequence[int],
+        *,
+        eta: float,
+        generator: RandomSource = None,
+        clip: ClipRange = X0_RANGE,
+        model_kwargs: Mapping[str, Any] | None = None,
+        callback: Callback | None = None,
+    ) -> torch.Tensor: ...
 
 
 # ---------------------------------------------------------------------------------------------
-# Shared pieces
+# Spacing and the pieces every sampler shares
 
 
 def timesteps_for(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
@@ -79,45 +114,36 @@ def timesteps_for(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
     return t.round().long() - 1
 
 
-def randn_like_per_sample(x: torch.Tensor, generators: Generators) -> torch.Tensor:
-    """N(0, I) noise shaped like x [B, C, *spatial], in x's dtype and on x's device.
-
-    generators: None draws from torch's global RNG; one torch.Generator draws the whole batch from it;
-    a sequence of B generators draws element i from generators[i] alone, so sample i does not
-    depend on the batch it is in. Noise is drawn on each generator's own device and moved to x's,
-    so CPU generators give the same voxels on any device.
-    """
-    if generators is None:
-        return torch.randn_like(x)
-
-    def draw(shape: torch.Size, g: torch.Generator) -> torch.Tensor:
-        return torch.randn(shape, generator=g, dtype=x.dtype, device=g.device).to(x.device)
-
-    if isinstance(generators, torch.Generator):
-        return draw(x.shape, generators)
-    if len(generators) != x.shape[0]:
-        raise ValueError(f"got {len(generators)} generators for a batch of {x.shape[0]}; pass one per sample")
-    return torch.stack([draw(x.shape[1:], g) for g in generators])
-
-
 def _latent(x: torch.Tensor) -> torch.Tensor:
     """Latents in float32 at least (float64 stays float64), whatever the caller's dtype."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _plan(schedule: NoiseSchedule, steps: int) -> list[tuple[int, float, int, float]]:
+def plan_steps(
+    schedule: NoiseSchedule, timesteps: torch.Tensor | Sequence[int]
+) -> list[tuple[int, float, int, float]]:
     """(t, ab_t, s, ab_s) for each step, s the next timestep visited and -1 (ab = 1) after the last."""
+    ts = [int(t) for t in timesteps]
+    T = schedule.num_timesteps
+    if not ts or not all(0 <= t < T for t in ts) or any(a <= b for a, b in zip(ts, ts[1:], strict=False)):
+        raise ValueError(f"timesteps must be strictly decreasing and within 0..{T - 1}, got {ts}")
     ab = schedule.alphas_cumprod.detach().to("cpu", torch.float64)
-    ts = timesteps_for(schedule, steps).tolist()
     pairs = zip(ts, ts[1:] + [-1], strict=True)
     return [(t, float(ab[t]), s, float(ab[s]) if s >= 0 else 1.0) for t, s in pairs]
 
 
-def _denoise(
-    model: Model, x: torch.Tensor, t: int, ab_t: float, prediction: str
+def denoise(
+    model: Model,
+    x: torch.Tensor,
+    t: int,
+    ab_t: float,
+    prediction: str,
+    clip: ClipRange = X0_RANGE,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The network's x-hat_0 (clipped to X0_RANGE) and eps-hat at x_t, both shaped like x."""
-    out = model(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
+    """The network's x-hat_0 (clipped to ``clip`` unless None) and eps-hat at x_t, both shaped like x."""
+    t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+    out = model(x, t_batch, **(model_kwargs or {}))
     if out.shape != x.shape:
         raise ValueError(
             f"the network returned shape {tuple(out.shape)} for input {tuple(x.shape)}; "
@@ -133,13 +159,7 @@ def _denoise(
         eps = a * out + s * x
     else:
         raise ValueError(f"unknown prediction target {prediction!r}; expected 'eps' or 'v'")
-    return x0.clamp(*X0_RANGE), eps
-
-
-def _check_eta(eta: float, sampler: str, upper: float = math.inf) -> None:
-    if not 0 <= eta <= upper:
-        bound = f"between 0 and {upper:g}" if math.isfinite(upper) else "at least 0"
-        raise InputError(f"eta must be {bound} for the {sampler} sampler, got {eta}")
+    return (x0 if clip is None else x0.clamp(*clip)), eps
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,35 +171,36 @@ def sample_ddpm(
     model: Model,
     x: torch.Tensor,
     schedule: NoiseSchedule,
-    steps: int,
+    timesteps: torch.Tensor | Sequence[int],
     *,
-    eta: float = 1.0,
-    generator: Generators = None,
+    eta: float,
+    generator: RandomSource = None,
+    clip: ClipRange = X0_RANGE,
+    model_kwargs: Mapping[str, Any] | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Ancestral DDPM sampling (Ho et al. 2020, "Denoising Diffusion Probabilistic Models", Algorithm 2).
 
-    With steps < T it samples the posterior of the respaced chain over the visited timesteps
+    Visiting fewer than T timesteps, it samples the posterior of the respaced chain over them
     (Nichol & Dhariwal 2021, Sec. 4), as diffusers' DDPMScheduler does. eta scales the posterior
     standard deviation: eta = 1 is Algorithm 2; eta < 1 lowers the sampling temperature, and eta = 0
     follows the posterior mean (deterministic, blurrier, and not DDIM: for the deterministic end of
-    the DDIM family use ``sample_ddim``). x: x_T [B, C, *spatial]; returns x_0 in [-1, 1].
+    the DDIM family use ``sample_ddim``). x: x_T [B, C, *spatial]; returns x_0 (within ``clip``).
     """
-    _check_eta(eta, "ddpm")
     x = _latent(x)
-    plan = _plan(schedule, steps)
+    plan = plan_steps(schedule, timesteps)
     for i, (t, ab_t, s, ab_s) in enumerate(plan, start=1):
         alpha = ab_t / ab_s
         beta = 1 - alpha
         # 1. x-hat_0 from the network (Eq. 15), clipped.
-        x0, _ = _denoise(model, x, t, ab_t, schedule.prediction)
+        x0, _ = denoise(model, x, t, ab_t, schedule.prediction, clip, model_kwargs)
         # 2. Posterior mean mu-tilde(x_t, x-hat_0), Eq. 7 (equal to Eq. 11 when nothing is clipped).
         x = (math.sqrt(ab_s) * beta / (1 - ab_t)) * x0 + (math.sqrt(alpha) * (1 - ab_s) / (1 - ab_t)) * x
         # 3. Add sigma z, sigma^2 = beta-tilde = (1 - ab_s) / (1 - ab_t) beta (Eq. 7; the "fixed small"
         #    variance of Sec. 3.2, MONAI's default); none after the last step.
         if s >= 0 and eta > 0:
             sigma = eta * math.sqrt((1 - ab_s) / (1 - ab_t) * beta)
-            x = x + sigma * randn_like_per_sample(x, generator)
+            x = x + sigma * randn_like(x, generator)
         if callback is not None:
             callback(i, len(plan))
     return x
@@ -190,29 +211,30 @@ def sample_ddim(
     model: Model,
     x: torch.Tensor,
     schedule: NoiseSchedule,
-    steps: int,
+    timesteps: torch.Tensor | Sequence[int],
     *,
-    eta: float = 0.0,
-    generator: Generators = None,
+    eta: float,
+    generator: RandomSource = None,
+    clip: ClipRange = X0_RANGE,
+    model_kwargs: Mapping[str, Any] | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """DDIM sampling (Song et al. 2021, "Denoising Diffusion Implicit Models", Eq. 12).
 
     eta in [0, 1] sets sigma_t(eta) of Eq. 16: 0 is the deterministic DDIM, 1 the same process as
-    DDPM. x: x_T [B, C, *spatial]; returns x_0 in [-1, 1].
+    DDPM. x: x_T [B, C, *spatial]; returns x_0 (within ``clip``).
     """
-    _check_eta(eta, "ddim", upper=1.0)
     x = _latent(x)
-    plan = _plan(schedule, steps)
+    plan = plan_steps(schedule, timesteps)
     for i, (t, ab_t, _, ab_s) in enumerate(plan, start=1):
         # 1. x-hat_0 ("predicted x_0" of Eq. 12), clipped, and eps-hat.
-        x0, eps = _denoise(model, x, t, ab_t, schedule.prediction)
+        x0, eps = denoise(model, x, t, ab_t, schedule.prediction, clip, model_kwargs)
         # 2. sigma_t(eta) = eta sqrt((1 - ab_s) / (1 - ab_t)) sqrt(1 - ab_t / ab_s), Eq. 16.
         sigma = eta * math.sqrt((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s))
         # 3. Eq. 12: x_s = sqrt(ab_s) x-hat_0 + sqrt(1 - ab_s - sigma^2) eps-hat + sigma z.
         x = math.sqrt(ab_s) * x0 + math.sqrt(max(1 - ab_s - sigma**2, 0.0)) * eps
         if sigma > 0:
-            x = x + sigma * randn_like_per_sample(x, generator)
+            x = x + sigma * randn_like(x, generator)
         if callback is not None:
             callback(i, len(plan))
     return x
@@ -223,10 +245,12 @@ def sample_dpmpp_2m(
     model: Model,
     x: torch.Tensor,
     schedule: NoiseSchedule,
-    steps: int,
+    timesteps: torch.Tensor | Sequence[int],
     *,
-    eta: float = 0.0,
-    generator: Generators = None,
+    eta: float,
+    generator: RandomSource = None,
+    clip: ClipRange = X0_RANGE,
+    model_kwargs: Mapping[str, Any] | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022b, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
@@ -238,15 +262,14 @@ def sample_dpmpp_2m(
     second-order weight 1/(2r) = h/(2 h_prev) with it). eta = 0 is the ODE solver of the paper;
     eta > 0 adds noise as in SDE-DPM-Solver++(2M) (diffusers ``algorithm_type="sde-dpmsolver++"`` is
     eta = 1; k-diffusion's ``sample_dpmpp_2m_sde`` has the same eta). x: x_T [B, C, *spatial];
-    returns x_0 in [-1, 1].
+    returns x_0 (within ``clip``).
     """
-    _check_eta(eta, "dpm++")
     x = _latent(x)
-    plan = _plan(schedule, steps)
+    plan = plan_steps(schedule, timesteps)
     x0_prev, h_prev = None, None
     for i, (t, ab_t, s, ab_s) in enumerate(plan, start=1):
         # 1. Data prediction x_theta(x_t, t) = x-hat_0, clipped.
-        x0, _ = _denoise(model, x, t, ab_t, schedule.prediction)
+        x0, _ = denoise(model, x, t, ab_t, schedule.prediction, clip, model_kwargs)
         if s < 0:
             # 2'. Final first-order step to sigma_s = 0: exp(-h) = 0, so x_s = x-hat_0.
             x = x0
@@ -261,27 +284,94 @@ def sample_dpmpp_2m(
             #    for eta = 0), plus sigma_s sqrt(1 - e^{-2 eta h}) z.
             x = (sigma_s / sigma_t * math.exp(-eta * h)) * x - (alpha_s * math.expm1(-(1 + eta) * h)) * D
             if eta > 0:
-                x = x + (sigma_s * math.sqrt(-math.expm1(-2 * eta * h))) * randn_like_per_sample(x, generator)
+                x = x + (sigma_s * math.sqrt(-math.expm1(-2 * eta * h))) * randn_like(x, generator)
             x0_prev, h_prev = x0, h
         if callback is not None:
             callback(i, len(plan))
     return x
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
-    "ddpm": sample_ddpm,
-    "ddim": sample_ddim,
-    "dpm++": sample_dpmpp_2m,
+# ---------------------------------------------------------------------------------------------
+# Registry
+
+
+@dataclass(frozen=True)
+class SamplerEntry:
+    """A sampler as the config, the command line and ``sample`` know it."""
+
+    function: Sampler
+    eta: float
+    """eta when none is given (``sample.eta: null``)."""
+    eta_range: tuple[float, float]
+    """Allowed eta, both ends included (math.inf: no upper bound)."""
+    description: str
+    """One line for ``medddpm sample --help``: the algorithm and its paper."""
+
+    def allows_eta(self, eta: float) -> bool:
+        return self.eta_range[0] <= eta <= self.eta_range[1]
+
+    @property
+    def eta_bounds(self) -> str:
+        """The allowed range in words: "between 0 and 1", "at least 0"."""
+        lo, hi = self.eta_range
+        return f"between {lo:g} and {hi:g}" if math.isfinite(hi) else f"at least {lo:g}"
+
+
+SAMPLERS: dict[str, SamplerEntry] = {
+    "ddpm": SamplerEntry(
+        sample_ddpm, eta=1.0, eta_range=(0.0, math.inf), description="ancestral DDPM (Ho et al. 2020)"
+    ),
+    "ddim": SamplerEntry(sample_ddim, eta=0.0, eta_range=(0.0, 1.0), description="DDIM (Song et al. 2021)"),
+    "dpm++": SamplerEntry(
+        sample_dpmpp_2m, eta=0.0, eta_range=(0.0, math.inf), description="DPM-Solver++(2M) (Lu et al. 2022)"
+    ),
 }
 """Sampler names as written in the config (``sample.sampler``) and on the command line."""
 
 
-def sample(
-    name: str, model: Model, x: torch.Tensor, schedule: NoiseSchedule, steps: int, **kw
-) -> torch.Tensor:
-    """Run the sampler called ``name`` (a key of SAMPLERS); keyword arguments go to it unchanged."""
+def sampler_entry(name: str) -> SamplerEntry:
+    """The registry entry called ``name``; an InputError naming the choices when there is none."""
     if name not in SAMPLERS:
         close = difflib.get_close_matches(str(name).lower(), SAMPLERS, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise InputError(f"unknown sampler '{name}' (choose one of: {', '.join(SAMPLERS)}){hint}")
-    return SAMPLERS[name](model, x, schedule, steps, **kw)
+        raise InputError(f"unknown sampler '{name}' (choose one of: {', '.join(SAMPLERS)}{hint})")
+    return SAMPLERS[name]
+
+
+def resolve_eta(name: str, eta: float | None) -> float:
+    """The eta sampler ``name`` runs with: ``eta``, or its entry's default when None; an
+    InputError when it is outside the entry's bounds."""
+    entry = sampler_entry(name)
+    if eta is None:
+        return entry.eta
+    if not entry.allows_eta(eta):
+        raise InputError(f"eta must be {entry.eta_bounds} for the {name} sampler, got {eta:g}")
+    return float(eta)
+
+
+def sample(
+    name: str,
+    model: Model,
+    x: torch.Tensor,
+    schedule: NoiseSchedule,
+    timesteps: torch.Tensor | Sequence[int],
+    *,
+    eta: float | None = None,
+    generator: RandomSource = None,
+    clip: ClipRange = X0_RANGE,
+    model_kwargs: Mapping[str, Any] | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Run the sampler called ``name`` (a key of SAMPLERS) with ``eta`` checked against its bounds
+    (None: its default); the other arguments go to it unchanged (see the module docstring)."""
+    return sampler_entry(name).function(
+        model,
+        x,
+        schedule,
+        timesteps,
+        eta=resolve_eta(name, eta),
+        generator=generator,
+        clip=clip,
+        model_kwargs=model_kwargs,
+        callback=callback,
+    )

@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from medddpm.config import DiffusionConfig
+from medddpm.diffusion.noise import RandomSource, randint, randn
+
+if TYPE_CHECKING:  # medddpm.config imports the sampler registry, so this module must not import it
+    from medddpm.config import DiffusionConfig
 
 
 def append_dims(x: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -85,27 +89,16 @@ def diffusion_loss(
     model: torch.nn.Module,
     schedule: NoiseSchedule,
     x0: torch.Tensor,
-    generator: torch.Generator | list[torch.Generator] | None = None,
+    generator: RandomSource = None,
 ) -> torch.Tensor:
     """Ho et al. Algorithm 1: t ~ U{0..T-1}, eps ~ N(0, I), loss = ||target - model(x_t, t)||² (mean).
 
-    x0: [B, C, *spatial] in [-1, 1]. ``generator``: one for the batch, or one per sample (then a
-    sample's t and eps do not depend on which batch, or which process, it lands in).
-    Returns a scalar float32 loss.
+    x0: [B, C, *spatial] in [-1, 1]. ``generator``: None (torch's global one), one for the batch, or
+    a PerSampleGenerator (then a sample's t and eps do not depend on which batch, or which process,
+    it lands in). Each generator draws t first, then eps. Returns a scalar float32 loss.
     """
-    if isinstance(generator, list):
-        draws = [_draw_t_eps(schedule, x0[i : i + 1], g) for i, g in enumerate(generator)]
-        t, eps = torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws])
-    else:
-        t, eps = _draw_t_eps(schedule, x0, generator)
+    t = randint(0, schedule.num_timesteps, (x0.shape[0],), generator, device=x0.device)
+    eps = randn(x0.shape, generator, dtype=x0.dtype, device=x0.device)
     xt = schedule.q_sample(x0, t, eps)
     prediction = model(xt, t)
     return torch.nn.functional.mse_loss(prediction.float(), schedule.target(x0, t, eps).float())
-
-
-def _draw_t_eps(
-    schedule: NoiseSchedule, x0: torch.Tensor, generator: torch.Generator | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
-    eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-    return t, eps

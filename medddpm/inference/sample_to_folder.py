@@ -2,7 +2,8 @@
 
 1. Check every option, open the checkpoint, rebuild the network from the checkpoint's own config
    and load its weights (EMA by default): all before the output folder is touched, so bad input
-   leaves nothing behind.
+   leaves nothing behind. Sampler, steps, eta and batch size come as one ``sample`` config section:
+   the checkpoint config's own, or that with the command's flags on top (``SampleConfig.with_flags``).
 2. Decide what the output folder is: new, a sampling of the same recipe to finish (resume), or
    something else (refused unless ``overwrite``).
 3. Draw the missing samples (sample i from seed + i; under torchrun rank r draws the i with
@@ -26,7 +27,6 @@ sampling writes (samples, manifest, preview) before starting again.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import re
 import time
@@ -39,9 +39,10 @@ from typing import Any, get_args
 import numpy as np
 import torch
 
-from medddpm.config import Device, Precision
+from medddpm.config import Config, Device, Precision, SampleConfig
 from medddpm.data.nifti import OUTPUT_FORMATS, atomic_path, write_volume
 from medddpm.data.transforms import IntensityMapping
+from medddpm.diffusion.samplers import resolve_eta
 from medddpm.diffusion.schedule import NoiseSchedule
 from medddpm.errors import InputError
 from medddpm.runtime import (
@@ -85,13 +86,6 @@ def missing_samples(out_dir: Path, num: int, fmt: str) -> list[int]:
     return [i for i in range(num) if not (Path(out_dir) / sample_name(i, fmt)).exists()]
 
 
-def sampler_default_eta(sampler: str) -> float:
-    """The eta a sampler uses when none is given (its keyword default in medddpm.diffusion.samplers)."""
-    from medddpm.diffusion.samplers import SAMPLERS
-
-    return float(inspect.signature(SAMPLERS[sampler]).parameters["eta"].default)
-
-
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -126,12 +120,11 @@ class _Plan:
     sha256: str
     model: torch.nn.Module
     schedule: NoiseSchedule
-    sampler: str
-    steps: int
-    eta: float | None
-    eta_used: float
+    settings: SampleConfig
+    """Sampler, steps, eta (None: the sampler's own) and batch size."""
+    eta: float
+    """The eta the sampler runs with: ``settings.eta``, or the sampler's default."""
     seed: int
-    batch_size: int
     precision: str
     device: torch.device
     fmt: str
@@ -174,30 +167,24 @@ def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
     return value
 
 
-def _check_eta(eta: float | None, sampler: str) -> None:
-    if eta is None:
-        return
-    upper = 1.0 if sampler == "ddim" else float("inf")
-    if not 0 <= eta <= upper:
-        bound = "between 0 and 1" if sampler == "ddim" else "at least 0"
-        raise InputError(f"--eta must be {bound} for the {sampler} sampler; got {eta:g}")
+def checkpoint_config(run_dir: str | Path, checkpoint: str | Path = "latest") -> tuple[Path, Config]:
+    """The checkpoint folder ``run_dir`` and ``checkpoint`` name (see ``find_checkpoint``) and the
+    config it was trained with, whose ``sample`` section is what sampling runs with by default."""
+    path = find_checkpoint(Path(run_dir), checkpoint)
+    return path, open_checkpoint(path).config
 
 
 def _plan(
     run_dir: Path,
     num: int,
     checkpoint: str | Path,
-    sampler: str | None,
-    steps: int | None,
-    eta: float | None,
+    settings: SampleConfig | None,
     seed: int,
-    batch_size: int | None,
     ema: bool,
     precision: str,
     device: str,
     fmt: str,
 ) -> _Plan:
-    from medddpm.diffusion.samplers import SAMPLERS
     from medddpm.models.unet import build_unet
 
     check_torch_version()
@@ -208,21 +195,14 @@ def _plan(
     fmt = _choice(fmt.lstrip("."), OUTPUT_FORMATS, "--format")
     _choice(precision, get_args(Precision), "--precision")
     _choice(device, get_args(Device), "--device")
-    if sampler is not None:
-        _choice(sampler, tuple(SAMPLERS), "--sampler")
 
     ckpt = open_checkpoint(find_checkpoint(run_dir, checkpoint))
     cfg = ckpt.config
-    sampler = sampler or cfg.sample.sampler
-    steps = steps if steps is not None else cfg.sample.steps
-    eta = eta if eta is not None else cfg.sample.eta
-    batch_size = batch_size if batch_size is not None else cfg.sample.batch_size
-    _check_eta(eta, sampler)
+    # A SampleConfig has checked the sampler, eta against its bounds, steps and batch size >= 1.
+    settings = cfg.sample if settings is None else settings
     T = cfg.diffusion.num_train_timesteps
-    if not 1 <= steps <= T:
-        raise InputError(f"--steps must be between 1 and the {T} training timesteps; got {steps}")
-    if batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1; got {batch_size}")
+    if settings.steps > T:
+        raise InputError(f"--steps must be between 1 and the {T} training timesteps; got {settings.steps}")
     spacing = ckpt.meta.get("output_spacing")
     if not (
         isinstance(spacing, list)
@@ -245,12 +225,9 @@ def _plan(
         sha256=file_sha256(weights_file),
         model=model,
         schedule=NoiseSchedule.from_config(cfg.diffusion),
-        sampler=sampler,
-        steps=steps,
-        eta=eta,
-        eta_used=eta if eta is not None else sampler_default_eta(sampler),
+        settings=settings,
+        eta=resolve_eta(settings.sampler, settings.eta),
         seed=seed,
-        batch_size=batch_size,
         precision=resolved_precision,
         device=torch_device,
         fmt=fmt,
@@ -262,9 +239,9 @@ def _plan(
     plan.recipe = {
         "sha256": plan.sha256,
         "weights": weights_file.name,
-        "sampler": sampler,
-        "steps": steps,
-        "eta": plan.eta_used,
+        "sampler": settings.sampler,
+        "steps": settings.steps,
+        "eta": plan.eta,
         "seed": seed,
         "precision": resolved_precision,
         "format": fmt,
@@ -362,12 +339,12 @@ def _manifest(
             "sha256": plan.sha256,
         },
         "recipe": plan.recipe,
-        "sampler": plan.sampler,
-        "steps": plan.steps,
-        "eta": plan.eta_used,
+        "sampler": plan.settings.sampler,
+        "steps": plan.settings.steps,
+        "eta": plan.eta,
         "seed": plan.seed,
         "num": num,
-        "batch_size": plan.batch_size,
+        "batch_size": plan.settings.batch_size,
         "precision": plan.precision,
         "device": plan.device.type if plan.device.type == "cpu" else torch.cuda.get_device_name(plan.device),
         "world_size": dist.world_size,
@@ -410,9 +387,10 @@ def _draw(
 
     model = plan.model.to(plan.device)
     seeds = [plan.seed + i for i in todo]
+    settings = plan.settings
     batches = generate_batches(
-        model, plan.schedule, plan.image_size, seeds, plan.sampler, plan.steps, eta=plan.eta,
-        device=plan.device, precision=plan.precision, batch_size=plan.batch_size, on_step=on_step,
+        model, plan.schedule, plan.image_size, seeds, settings.sampler, settings.steps, eta=settings.eta,
+        device=plan.device, precision=plan.precision, batch_size=settings.batch_size, on_step=on_step,
     )  # fmt: skip
     records: dict[int, dict[str, Any]] = {}
     t_batch = time.perf_counter()
@@ -433,6 +411,7 @@ def _write_preview(plan: _Plan, out_dir: Path, num: int) -> None:
     from medddpm.preview import save_montage
 
     shown = list(range(min(num, PREVIEW_MAX)))
+    settings = plan.settings
     lo, hi = (plan.mapping.a_min, plan.mapping.a_max) if plan.mapping.modality == "ct" else (0.0, 1.0)
     with atomic_path(out_dir / PREVIEW) as tmp:
         save_montage(
@@ -441,7 +420,7 @@ def _write_preview(plan: _Plan, out_dir: Path, num: int) -> None:
             spacing=plan.spacing,
             titles=[f"seed {plan.seed + i}" for i in shown],
             value_range=(lo, hi),
-            suptitle=f"{plan.sampler}, {plan.steps} steps, checkpoint step {plan.checkpoint.step}",
+            suptitle=f"{settings.sampler}, {settings.steps} steps, checkpoint step {plan.checkpoint.step}",
         )
 
 
@@ -449,13 +428,10 @@ def sample_to_folder(
     run_dir: str | Path,
     out_dir: str | Path,
     num: int,
+    settings: SampleConfig | None = None,
     *,
     checkpoint: str | Path = "latest",
-    sampler: str | None = None,
-    steps: int | None = None,
-    eta: float | None = None,
     seed: int = 0,
-    batch_size: int | None = None,
     ema: bool = True,
     precision: str = "auto",
     device: str = "auto",
@@ -468,14 +444,16 @@ def sample_to_folder(
     """Write samples 0 .. ``num``-1 of a checkpoint into ``out_dir`` (see the module docstring).
 
     ``run_dir``: a run folder or a checkpoint folder; ``checkpoint``: latest, step-N or a folder.
-    ``sampler``, ``steps``, ``eta``, ``batch_size``: None takes the checkpoint config's ``sample``
-    section. Rank 0 alone logs and reports progress: ``on_volumes(done, total)`` for its share of
-    the samples (files already there count as done), ``on_step(i, total)`` for each network
-    evaluation of the current batch.
+    ``settings``: sampler, steps, eta and batch size; None takes the checkpoint config's ``sample``
+    section (``checkpoint_config(...)[1].sample.with_flags(steps=10)`` changes one of them).
+    ``precision`` and ``device`` are this machine's, not the recipe's. Rank 0 alone logs and reports
+    progress: ``on_volumes(done, total)`` for its share of the samples (files already there count
+    as done), ``on_step(i, total)`` for each network evaluation of the current batch. Log lines
+    are plain text.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     # 1. Everything checked before the output folder is touched.
-    plan = _plan(run_dir, num, checkpoint, sampler, steps, eta, seed, batch_size, ema, precision, device, fmt)
+    plan = _plan(run_dir, num, checkpoint, settings, seed, ema, precision, device, fmt)
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     dist = init_distributed(plan.device)
     try:
@@ -491,7 +469,7 @@ def sample_to_folder(
         width = plan.checkpoint.config.model.channels[0]
         bf16_warning = check_conv3d_bf16(plan.device, plan.precision, (1, width, *plan.image_size))
         if bf16_warning:
-            log(f"[yellow]warning:[/] {bf16_warning}")
+            log(f"warning: {bf16_warning}")
 
         # 2. The folder: created, cleared for --overwrite, or resumed (keeping earlier records).
         records: dict[int, dict[str, Any]] = {}
@@ -507,8 +485,8 @@ def sample_to_folder(
             log(f"Resuming {out_dir}: {num - len(missing)} of {num} samples are there")
         log(
             f"Sampling {len(missing)} volume{'s' if len(missing) != 1 else ''} from {plan.checkpoint.path} "
-            f"({plan.weights_file.name}, step {plan.checkpoint.step}): {plan.sampler}, {plan.steps} steps, "
-            f"eta {plan.eta_used:g}, {plan.device.type} {plan.precision}"
+            f"({plan.weights_file.name}, step {plan.checkpoint.step}): {plan.settings.sampler}, "
+            f"{plan.settings.steps} steps, eta {plan.eta:g}, {plan.device.type} {plan.precision}"
             + (f", {dist.world_size} processes" if dist.enabled else "")
         )
 

@@ -34,6 +34,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from medddpm.config import Config, TrainConfig, save_config
 from medddpm.data.scans import discover_scans, preflight, write_dataset_json
 from medddpm.data.transforms import build_dataset, output_spacing
+from medddpm.diffusion.noise import PerSampleGenerator
 from medddpm.diffusion.schedule import NoiseSchedule, diffusion_loss
 from medddpm.errors import InputError, TrainingAborted
 from medddpm.models.unet import build_unet, count_parameters, preferred_memory_format, to_memory_format
@@ -125,12 +126,10 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-def sample_generators(seed: int, position: int, count: int, device: torch.device) -> list[torch.Generator]:
+def sample_generators(seed: int, position: int, count: int, device: torch.device) -> PerSampleGenerator:
     """One generator per stream position ``position .. position+count-1``: a sample's t and noise."""
-    return [
-        torch.Generator(device=device).manual_seed(((seed + 1) * 2**40 + p) % 2**63)
-        for p in range(position, position + count)
-    ]
+    seeds = [((seed + 1) * 2**40 + p) % 2**63 for p in range(position, position + count)]
+    return PerSampleGenerator.from_seeds(seeds, device)
 
 
 @dataclass

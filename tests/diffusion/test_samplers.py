@@ -8,13 +8,18 @@ samples must agree to float32 round-off.
 from __future__ import annotations
 
 import dataclasses
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from medddpm.diffusion.noise import PerSampleGenerator, randn_like
 from medddpm.diffusion.samplers import (
     SAMPLERS,
-    randn_like_per_sample,
+    X0_RANGE,
     sample,
     sample_ddim,
     sample_ddpm,
@@ -77,8 +82,8 @@ def noise(seed: int = 0, shape: tuple[int, ...] = SHAPE) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
-def generators(*seeds: int) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(s) for s in seeds]
+def generators(*seeds: int) -> PerSampleGenerator:
+    return PerSampleGenerator.from_seeds(seeds)
 
 
 def run_loop(scheduler, model, x: torch.Tensor, step) -> torch.Tensor:
@@ -143,7 +148,9 @@ def test_ddpm_full_chain_matches_monai(prediction):
     ref.set_timesteps(T)  # MONAI's DDPM steps t -> t-1, so only the full chain is comparable
     g = torch.Generator().manual_seed(1)
     expected = run_loop(ref, model, x, lambda out, t, x: ref.step(out, int(t), x, generator=g)[0])
-    ours = sample_ddpm(model, x, schedule, T, generator=torch.Generator().manual_seed(1))
+    ours = sample_ddpm(
+        model, x, schedule, timesteps_for(schedule, T), eta=1.0, generator=torch.Generator().manual_seed(1)
+    )
     torch.testing.assert_close(ours, expected, atol=ATOL, rtol=0)
 
 
@@ -163,9 +170,11 @@ def test_ddpm_respaced_matches_diffusers(prediction, steps):
         timestep_spacing="trailing",
     )
     ref.set_timesteps(steps)
-    gs = generators(3, 4)
+    gs = generators(3, 4).generators  # diffusers takes a list, one generator per sample
     expected = run_loop(ref, model, x, lambda out, t, x: ref.step(out, t, x, generator=gs).prev_sample)
-    ours = sample_ddpm(model, x, schedule, steps, generator=generators(3, 4))
+    ours = sample_ddpm(
+        model, x, schedule, timesteps_for(schedule, steps), eta=1.0, generator=generators(3, 4)
+    )
     torch.testing.assert_close(ours, expected, atol=ATOL, rtol=0)
 
 
@@ -183,7 +192,9 @@ def test_ddim_matches_monai(prediction, eta):
     ref.timesteps = timesteps_for(schedule, 10)
     g = torch.Generator().manual_seed(2)
     expected = run_loop(ref, model, x, lambda out, t, x: ref.step(out, int(t), x, eta=eta, generator=g)[0])
-    ours = sample_ddim(model, x, schedule, 10, eta=eta, generator=torch.Generator().manual_seed(2))
+    ours = sample_ddim(
+        model, x, schedule, timesteps_for(schedule, 10), eta=eta, generator=torch.Generator().manual_seed(2)
+    )
     torch.testing.assert_close(ours, expected, atol=ATOL, rtol=0)
 
 
@@ -209,9 +220,11 @@ def test_dpmpp_2m_matches_diffusers(prediction, kind, steps, eta):
         sample_max_value=1.0,
     )
     ref.set_timesteps(steps)
-    gs = generators(5, 6)
+    gs = generators(5, 6).generators
     expected = run_loop(ref, model, x, lambda out, t, x: ref.step(out, t, x, generator=gs).prev_sample)
-    ours = sample_dpmpp_2m(model, x, schedule, steps, eta=eta, generator=generators(5, 6))
+    ours = sample_dpmpp_2m(
+        model, x, schedule, timesteps_for(schedule, steps), eta=eta, generator=generators(5, 6)
+    )
     atol = ATOL_LOW_SNR if (kind, prediction) == ("cosine", "eps") else ATOL
     torch.testing.assert_close(ours, expected, atol=atol, rtol=0)
 
@@ -236,7 +249,7 @@ def test_point_data_closed_form(prediction, name, eta):
     schedule = make_schedule(prediction=prediction)
     x0_star = 0.9 * torch.tanh(noise(7, SHAPE[1:]))
     model, x = FakeDenoiser(schedule, x0_star), noise()
-    out = sample(name, model, x, schedule, 10, eta=eta, generator=generators(8, 9))
+    out = sample(name, model, x, schedule, timesteps_for(schedule, 10), eta=eta, generator=generators(8, 9))
     torch.testing.assert_close(out, x0_star.expand_as(out), atol=1e-4, rtol=0)
 
     ab0 = schedule.alphas_cumprod[T - 1]
@@ -261,8 +274,10 @@ def test_per_sample_generators_make_batches_irrelevant(name, eta):
     model = FakeDenoiser(schedule)
 
     def run(*seeds: int) -> torch.Tensor:
-        x = randn_like_per_sample(torch.empty((len(seeds), *SHAPE[1:])), generators(*seeds))
-        return sample(name, model, x, schedule, 5, eta=eta, generator=generators(*seeds))
+        x = randn_like(torch.empty((len(seeds), *SHAPE[1:])), generators(*seeds))
+        return sample(
+            name, model, x, schedule, timesteps_for(schedule, 5), eta=eta, generator=generators(*seeds)
+        )
 
     alone, batch = run(0), run(0, 1, 2)
     assert torch.equal(alone[0], batch[0])
@@ -273,15 +288,16 @@ def test_per_sample_generators_make_batches_irrelevant(name, eta):
 def test_single_generator_is_reproducible():
     schedule, x = make_schedule(), noise()
     model = FakeDenoiser(schedule)
-    a = sample_ddpm(model, x, schedule, 5, generator=torch.Generator().manual_seed(0))
-    b = sample_ddpm(model, x, schedule, 5, generator=torch.Generator().manual_seed(0))
-    c = sample_ddpm(model, x, schedule, 5, generator=torch.Generator().manual_seed(1))
+    ts = timesteps_for(schedule, 5)
+    a = sample_ddpm(model, x, schedule, ts, eta=1.0, generator=torch.Generator().manual_seed(0))
+    b = sample_ddpm(model, x, schedule, ts, eta=1.0, generator=torch.Generator().manual_seed(0))
+    c = sample_ddpm(model, x, schedule, ts, eta=1.0, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and not torch.allclose(a, c)
 
 
-def test_generator_list_must_match_batch():
+def test_generator_must_match_batch():
     with pytest.raises(ValueError, match="one per sample"):
-        randn_like_per_sample(torch.empty(SHAPE), generators(0))
+        randn_like(torch.empty(SHAPE), generators(0))
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
@@ -289,7 +305,12 @@ def test_callback_reports_each_step_and_dtype_is_kept(name):
     schedule = make_schedule(prediction="v")
     calls: list[tuple[int, int]] = []
     out = sample(
-        name, FakeDenoiser(schedule), noise(), schedule, 4, callback=lambda i, n: calls.append((i, n))
+        name,
+        FakeDenoiser(schedule),
+        noise(),
+        schedule,
+        timesteps_for(schedule, 4),
+        callback=lambda i, n: calls.append((i, n)),
     )
     assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert out.shape == SHAPE and out.dtype == torch.float32
@@ -299,21 +320,125 @@ def test_callback_reports_each_step_and_dtype_is_kept(name):
 def test_unknown_sampler_names_the_choices():
     schedule = make_schedule()
     with pytest.raises(InputError, match=r"'euler' \(choose one of: ddpm, ddim, dpm\+\+\)$"):
-        sample("euler", FakeDenoiser(schedule), noise(), schedule, 4)
+        sample("euler", FakeDenoiser(schedule), noise(), schedule, timesteps_for(schedule, 4))
     with pytest.raises(InputError, match="did you mean 'ddim'"):
-        sample("DDIM", FakeDenoiser(schedule), noise(), schedule, 4)
+        sample("DDIM", FakeDenoiser(schedule), noise(), schedule, timesteps_for(schedule, 4))
 
 
-def test_eta_out_of_range():
+@pytest.mark.parametrize(("name", "eta"), [("ddim", 1.5), ("ddim", -0.1), ("ddpm", -1.0), ("dpm++", -0.5)])
+def test_eta_out_of_range(name, eta):
     schedule = make_schedule()
-    with pytest.raises(InputError, match="eta"):
-        sample_ddim(FakeDenoiser(schedule), noise(), schedule, 4, eta=1.5)
+    with pytest.raises(InputError, match=f"eta must be .* for the {re.escape(name)} sampler"):
+        sample(name, FakeDenoiser(schedule), noise(), schedule, timesteps_for(schedule, 4), eta=eta)
 
 
 def test_schedule_prediction_is_followed():
     # The same denoiser read as eps and as v must give the same sample: the bookkeeping is consistent.
     eps, v = make_schedule(prediction="eps"), dataclasses.replace(make_schedule(), prediction="v")
-    x = noise()
-    for fn in SAMPLERS.values():
-        a, b = fn(FakeDenoiser(eps), x, eps, 6, eta=0.0), fn(FakeDenoiser(v), x, v, 6, eta=0.0)
+    x, ts = noise(), timesteps_for(eps, 6)
+    for entry in SAMPLERS.values():
+        a = entry.function(FakeDenoiser(eps), x, eps, ts, eta=0.0)
+        b = entry.function(FakeDenoiser(v), x, v, ts, eta=0.0)
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The interface: timesteps as input, clip range, model keyword arguments, the registry
+
+
+def test_timesteps_are_an_input():
+    schedule = make_schedule()
+    model = FakeDenoiser(schedule)
+    visited = [T - 1, 60, 59, 20, 3]  # no spacing function makes these
+    out = sample("ddim", model, noise(), schedule, torch.tensor(visited))
+    assert [t for t, _ in model.seen] == visited and out.shape == SHAPE
+    for bad in ([], [3, 20], [T, 5], [5, 5, 1], [4, -1]):
+        with pytest.raises(ValueError, match="strictly decreasing"):
+            sample("ddim", model, noise(), schedule, bad)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_clip_range_is_a_parameter(name):
+    """Point data x0* reaching |x| = 1.5: no clipping (a latent space) or a wide range ends on x0*;
+    the default [-1, 1] keeps every x-hat_0, and so the result, inside [-1, 1]."""
+    schedule = make_schedule()
+    x0_star = 1.5 * torch.tanh(3 * noise(7, SHAPE[1:]))
+    assert x0_star.abs().max() > 1.4
+    x, ts = noise(), timesteps_for(schedule, 10)
+
+    def run(**clip) -> torch.Tensor:
+        model = FakeDenoiser(schedule, x0_star)
+        return sample(name, model, x, schedule, ts, eta=0.0, generator=generators(1, 2), **clip)
+
+    default = run()
+    assert default.abs().max() <= 1
+    torch.testing.assert_close(default, run(clip=X0_RANGE), atol=0, rtol=0)
+    for unclipped in (run(clip=None), run(clip=(-2.0, 2.0))):
+        torch.testing.assert_close(unclipped, x0_star.expand_as(unclipped), atol=1e-4, rtol=0)
+    narrow = run(clip=(-0.5, 0.5))
+    assert narrow.abs().max() <= 0.5
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_model_kwargs_reach_the_model_on_every_call(name):
+    schedule = make_schedule()
+    fake = FakeDenoiser(schedule)
+    labels, mask = torch.tensor([3, 5]), torch.ones(SHAPE)
+    calls: list[dict] = []
+
+    def model(x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
+        calls.append(kwargs)
+        return fake(x, t)
+
+    kwargs = {"class_labels": labels, "mask": mask}
+    ts = timesteps_for(schedule, 5)
+    sample(name, model, noise(), schedule, ts, eta=1.0, generator=generators(1, 2), model_kwargs=kwargs)
+    assert len(calls) == 5
+    for seen in calls:  # the same objects, untouched, on every call
+        assert seen.keys() == {"class_labels", "mask"}
+        assert seen["class_labels"] is labels and seen["mask"] is mask
+    assert labels.tolist() == [3, 5] and bool((mask == 1).all())
+
+    calls.clear()
+    sample(name, model, noise(), schedule, timesteps_for(schedule, 3))
+    assert calls == [{}, {}, {}]  # no model_kwargs: the model gets none
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_eta_none_is_the_entry_default(name):
+    schedule = make_schedule()
+    entry = SAMPLERS[name]
+
+    def run(**eta) -> torch.Tensor:
+        ts = timesteps_for(schedule, 4)
+        return sample(name, FakeDenoiser(schedule), noise(), schedule, ts, generator=generators(1, 2), **eta)
+
+    torch.testing.assert_close(run(), run(eta=entry.eta), atol=0, rtol=0)
+    lo, hi = entry.eta_range
+    assert entry.allows_eta(lo) and entry.allows_eta(min(hi, 7.0)) and not entry.allows_eta(lo - 0.1)
+
+
+def test_config_accepts_exactly_the_registered_names_and_eta_bounds():
+    from medddpm.config import SampleConfig, config_from_dict
+
+    for name, entry in SAMPLERS.items():
+        assert config_from_dict({"sample": {"sampler": name}}).sample.sampler == name
+        assert name in SampleConfig.model_fields["sampler"].description
+        assert f"{name} {entry.eta:g}" in SampleConfig.model_fields["eta"].description
+    with pytest.raises(
+        InputError, match=r"sample.sampler.*unknown sampler 'euler' \(choose one of: ddpm, ddim"
+    ):
+        config_from_dict({"sample": {"sampler": "euler"}})
+    with pytest.raises(InputError, match="sample.eta.*between 0 and 1 for the ddim sampler"):
+        config_from_dict({"sample": {"sampler": "ddim", "eta": 1.5}})
+    assert config_from_dict({"sample": {"sampler": "dpm++", "eta": 1.5}}).sample.eta == 1.5
+
+
+@pytest.mark.parametrize(
+    "first", ["medddpm.config", "medddpm.diffusion.schedule", "medddpm.diffusion.generate"]
+)
+def test_config_and_registry_import_in_any_order(first):
+    # medddpm.config reads the registry, so nothing the registry imports may import medddpm.config
+    code = f"import {first}, medddpm.config, medddpm.diffusion.samplers as s; assert 'ddim' in s.SAMPLERS"
+    root = Path(__file__).parents[2]  # python -c imports from its working directory first
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=root)

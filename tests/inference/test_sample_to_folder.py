@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -18,6 +20,9 @@ import pytest
 import SimpleITK as sitk
 
 from medddpm.cli import main
+from medddpm.config import SampleConfig, config_from_dict
+from medddpm.diffusion.samplers import SAMPLERS, X0_RANGE, SamplerEntry, denoise, plan_steps
+from medddpm.errors import InputError
 from medddpm.inference.sample_to_folder import find_checkpoint, read_output, sample_name, shard
 from medddpm.runtime import torch_threads
 
@@ -288,3 +293,65 @@ def test_checkpoint_is_found_from_a_run_or_a_checkpoint_folder(run: Path):
     assert find_checkpoint(step) == step
     assert find_checkpoint(step, "step-2") == step
     assert find_checkpoint(run, str(step)) == step
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags over the checkpoint's sample section; a new sampler is one function and one registry entry
+
+
+def test_flags_override_the_checkpoint_section_and_name_themselves():
+    base = SampleConfig(sampler="ddim", steps=50, eta=0.5, batch_size=8)
+    assert base.with_flags(sampler=None, steps=None, eta=None, batch_size=None) == base
+    assert base.with_flags(steps=10) == SampleConfig(sampler="ddim", steps=10, eta=0.5, batch_size=8)
+    assert base.with_flags(sampler="dpm++", eta=2.0).eta == 2.0
+    for flags, message in [
+        ({"sampler": "euler"}, r"--sampler: unknown sampler 'euler' \(choose one of: ddpm, ddim, dpm\+\+\)"),
+        ({"eta": 1.5}, "--eta: must be between 0 and 1 for the ddim sampler"),
+        ({"steps": 0}, "--steps: must be at least 1"),
+        ({"batch_size": 0}, "--batch-size: must be at least 1"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            base.with_flags(**flags)
+    with pytest.raises(InputError, match="sample.eta of the checkpoint config: must be between 0 and 1"):
+        SampleConfig(sampler="dpm++", eta=2.0).with_flags(sampler="ddim")
+
+
+def sample_toy(
+    model, x, schedule, timesteps, *, eta, generator=None, clip=X0_RANGE, model_kwargs=None, callback=None
+):
+    """Euler steps of the probability-flow ODE in x_t / sqrt(ab_t) against sqrt(1 / ab_t - 1),
+    which is DDIM with eta = 0 (Song et al. 2021, Eq. 14): so its samples must equal those."""
+    plan = plan_steps(schedule, timesteps)
+    for i, (t, ab_t, _, ab_s) in enumerate(plan, start=1):
+        x0, eps = denoise(model, x, t, ab_t, schedule.prediction, clip, model_kwargs)
+        x = math.sqrt(ab_s) * x0 + math.sqrt(1 - ab_s) * eps
+        if callback is not None:
+            callback(i, len(plan))
+    return x
+
+
+def test_a_registered_sampler_is_validated_listed_and_sampled(run: Path, tmp_path: Path, capsys, monkeypatch):
+    toy = SamplerEntry(
+        sample_toy, eta=0.0, eta_range=(0.0, 0.0), description="Euler on the flow ODE (a test)"
+    )
+    monkeypatch.setitem(SAMPLERS, "toy", toy)
+
+    assert config_from_dict({"sample": {"sampler": "toy"}}).sample.sampler == "toy"
+    with pytest.raises(InputError, match="between 0 and 0 for the toy sampler"):
+        config_from_dict({"sample": {"sampler": "toy", "eta": 0.5}})
+
+    capsys.readouterr()
+    main(["sample", "--help"])
+    text = re.sub(r"[\s│]+", " ", capsys.readouterr().out)  # the help table's wrapping and borders
+    assert "toy: Euler on the flow ODE (a test)" in text and "toy 0 (between 0 and 0)" in text
+
+    code, err = cli(capsys, run, "--output", tmp_path / "toy", "--num", "2", "--sampler", "toy", *FAST)
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "toy" / "manifest.json").read_text())
+    assert (manifest["sampler"], manifest["steps"], manifest["eta"]) == ("toy", 3, 0.0)
+    assert manifest["batch_size"] == 2  # no --batch-size: the checkpoint config's sample.batch_size
+    ddim = ["--sampler", "ddim", "--eta", "0", *FAST]
+    code, err = cli(capsys, run, "--output", tmp_path / "ddim", "--num", "2", *ddim)
+    assert code == 0, err
+    for i in range(2):
+        np.testing.assert_array_equal(voxels(tmp_path / "toy", i), voxels(tmp_path / "ddim", i))

@@ -146,14 +146,16 @@ def test_failed_checks_stop_every_process(scans: Path, tmp_path: Path):
 
 def test_sampling_shards_match_one_process(ddp_run, tmp_path: Path):
     """2 processes x their share of 3 samples == 1 process x 3 samples, voxel for voxel (seed + i rule)."""
-    from medddpm.inference.sample_to_folder import sample_to_folder
+    from medddpm.inference.sample_to_folder import checkpoint_config, sample_to_folder
 
     run = ddp_run[0]
     common = ["--batch-size", "1", "--steps", "3", "--seed", "7", "--device", "cpu"]
     done = torchrun("sample", str(run), "--output", str(tmp_path / "two"), "-n", "3", *common)
     assert done.returncode == 0, done.stderr[-3000:]
     with torch_threads(1):  # as in each torchrun process: the same kernels, the same rounding
-        sample_to_folder(run, tmp_path / "one", 3, batch_size=1, steps=3, seed=7, device="cpu")
+        checkpoint, cfg = checkpoint_config(run)
+        settings = cfg.sample.with_flags(batch_size=1, steps=3)
+        sample_to_folder(checkpoint, tmp_path / "one", 3, settings, seed=7, device="cpu")
     manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["world_size"] == 2
     assert [r["seed"] for r in sorted(manifest["samples"], key=lambda r: r["index"])] == [7, 8, 9]
