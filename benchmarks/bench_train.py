@@ -8,10 +8,10 @@ A. tutorial: the loop of MONAI's ``generation/3d_ddpm/3d_ddpm_tutorial.ipynb`` a
    default attention, DDPMScheduler (scaled_linear_beta, 1000 steps) + DiffusionInferer, Adam at
    lr 5e-5, fp16 autocast + GradScaler on CUDA (fp32 on CPU, where the notebook's GradScaler does
    nothing), ``loss.item()`` every step; no EMA, no clipping.
-B. medddpm: ``medddpm.training.loop.build_learner`` + ``train_step``, exactly what ``train()`` runs: the
-   cached dataset of ``medddpm.data.transforms.build_dataset`` and its batch assembly, AdamW + LR schedule,
-   gradient clipping, EMA, per-sample generators, the configured precision, compile and gradient
-   checkpointing.
+B. medddpm: ``medddpm.training.learner.build_learner`` + ``medddpm.training.loop.train_step``, exactly
+   what ``train()`` runs: the cached dataset of ``medddpm.data.transforms.build_dataset`` and its batch
+   assembly, AdamW + LR schedule, gradient clipping, EMA, per-sample generators, the configured
+   precision, compile and gradient checkpointing.
 
 After warm-up the two are timed in alternation (A B, B A, A B, ...), ``--steps`` optimizer steps per turn
 and ``--repeats`` turns each, so that load from other work on the machine hits both alike. Reported:
@@ -53,7 +53,8 @@ from medddpm.data.transforms import build_dataset
 from medddpm.diffusion.schedule import NoiseSchedule
 from medddpm.models.unet import build_unet
 from medddpm.runtime import Distributed, resolve_device, resolve_precision, seed_everything
-from medddpm.training.loop import build_learner, train_step
+from medddpm.training.learner import build_learner
+from medddpm.training.loop import train_step
 
 MEMORY_FORMATS = {"auto": None, "channels-last": torch.channels_last_3d, "ncdhw": torch.contiguous_format}
 H100_BF16_DENSE_TFLOPS = 989.0
@@ -263,22 +264,21 @@ class MedddpmStep:
             + (" +checkpointing" if cfg.model.gradient_checkpointing else "")
         )
         self.schedule = NoiseSchedule.from_config(cfg.diffusion)
-        self.samples_seen = 0
         self.learner.model.train()
 
     def step(self) -> None:
-        tc = self.cfg.train
-        train_step(
-            self.learner,
+        learner = self.learner
+        loss, grad_norm = train_step(
+            learner,
             self.schedule,
             self.dataset,
-            self.samples_seen,
-            tc,
+            learner.samples_seen,
+            self.cfg.train,
             self.dist,
             self.device,
             self.precision,
         )
-        self.samples_seen += tc.batch_size * tc.grad_accum
+        learner.count_step(loss, grad_norm)
 
     def held_bytes(self) -> int:
         """Weights, EMA copy and AdamW moments (gradients are freed at the end of every step)."""

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 from medddpm.config import build_config
 from medddpm.errors import InputError, TrainingAborted
 from medddpm.training.checkpoint import list_checkpoints, open_checkpoint, resolve_checkpoint
-from medddpm.training.loop import batch_indices, lr_lambda, train
+from medddpm.training.learner import lr_lambda
+from medddpm.training.loop import batch_indices, train
 from tests.conftest import write_nifti
 
 
