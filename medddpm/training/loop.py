@@ -92,7 +92,8 @@ def train(
 ) -> TrainResult:
     """Train a DDPM on the NIfTI scans below ``data_dir``, writing everything into ``run_dir``.
 
-    ``log`` receives one line per event (process 0 only); ``on_step`` a StepLog after every step.
+    One call per numbered step of the module docstring. ``log`` receives one line per event
+    (process 0 only); ``on_step`` a StepLog after every step (process 0 only).
     """
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     compute = start_compute(cfg.train)
