@@ -39,7 +39,8 @@ from medddpm.config import build_config
 from medddpm.data.transforms import build_dataset, build_transforms
 from medddpm.diffusion.schedule import NoiseSchedule
 from medddpm.runtime import Distributed, resolve_device, resolve_precision, seed_everything
-from medddpm.training.loop import batch_indices, build_learner, train_step
+from medddpm.training.learner import build_learner
+from medddpm.training.loop import batch_indices, train_step
 
 MONAI_DEFAULT = "cache with MONAI's default per-item copy"
 
@@ -183,15 +184,15 @@ def time_steps(cfg, sources: dict, device: torch.device, precision: str, n: int,
     learner = build_learner(cfg, device, precision, dist)
     learner.model.train()
     schedule = NoiseSchedule.from_config(cfg.diffusion)
-    position = 0
 
     def steps(dataset, count: int) -> tuple[float, float]:
-        nonlocal position
         sync(device)
         t, c = time.perf_counter(), time.process_time()
         for _ in range(count):
-            train_step(learner, schedule, dataset, position, cfg.train, dist, device, precision)
-            position += cfg.train.batch_size
+            loss, grad_norm = train_step(
+                learner, schedule, dataset, learner.samples_seen, cfg.train, dist, device, precision
+            )
+            learner.count_step(loss, grad_norm)  # as train() does: the next step reads the next samples
         sync(device)
         return (time.perf_counter() - t) / count, (time.process_time() - c) / count
 

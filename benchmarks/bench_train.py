@@ -8,10 +8,10 @@ A. tutorial: the loop of MONAI's ``generation/3d_ddpm/3d_ddpm_tutorial.ipynb`` a
    default attention, DDPMScheduler (scaled_linear_beta, 1000 steps) + DiffusionInferer, Adam at
    lr 5e-5, fp16 autocast + GradScaler on CUDA (fp32 on CPU, where the notebook's GradScaler does
    nothing), ``loss.item()`` every step; no EMA, no clipping.
-B. medddpm: ``medddpm.training.loop.build_learner`` + ``train_step``, exactly what ``train()`` runs: the
-   cached dataset of ``medddpm.data.transforms.build_dataset`` and its batch assembly, AdamW + LR schedule,
-   gradient clipping, EMA, per-sample generators, the configured precision, compile and gradient
-   checkpointing.
+B. medddpm: ``medddpm.training.learner.build_learner`` + ``medddpm.training.loop.train_step``, exactly
+   what ``train()`` runs: the cached dataset of ``medddpm.data.transforms.build_dataset`` and its batch
+   assembly, AdamW + LR schedule, gradient clipping, EMA, per-sample generators, the configured
+   precision, compile and gradient checkpointing.
 
 After warm-up the two are timed in alternation (A B, B A, A B, ...), ``--steps`` optimizer steps per turn
 and ``--repeats`` turns each, so that load from other work on the machine hits both alike. Reported:
@@ -21,6 +21,11 @@ ratio in CPU time, which load from other jobs barely moves. Peak memory: what a 
 steps (weights, optimizer state, EMA; not the data cache) plus the most that one profiled step
 allocates on top of it. ``--flops`` counts the
 model FLOPs of one step (forward + backward, FlopCounterMode) and reports achieved TFLOP/s.
+
+A side that runs out of device memory (``torch.OutOfMemoryError`` in its warm-up, its profiled step
+or a timed step) is a result, not a crash: its row says "out of memory" (when, what torch tried to
+allocate, the device's peak), its memory is given back, the other sides are measured on, and no
+ratio is computed at that size where the tutorial or medddpm is the one that ran out.
 
 Usage (from the repository root):
 
@@ -33,9 +38,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import gc
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
 import sys
@@ -53,7 +60,8 @@ from medddpm.data.transforms import build_dataset
 from medddpm.diffusion.schedule import NoiseSchedule
 from medddpm.models.unet import build_unet
 from medddpm.runtime import Distributed, resolve_device, resolve_precision, seed_everything
-from medddpm.training.loop import build_learner, train_step
+from medddpm.training.learner import build_learner
+from medddpm.training.loop import train_step
 
 MEMORY_FORMATS = {"auto": None, "channels-last": torch.channels_last_3d, "ncdhw": torch.contiguous_format}
 H100_BF16_DENSE_TFLOPS = 989.0
@@ -230,6 +238,10 @@ class TutorialLoop:
             [*self.model.parameters(), *self.model.buffers(), *optimizer_tensors(self.optimizer)]
         )
 
+    def close(self) -> None:
+        """Drop the model, optimizer and data (and the loader's workers)."""
+        del self.model, self.optimizer, self.scaler, self.inferer, self.batches, self.loader
+
 
 # ---------------------------------------------------------------------------------------------
 # B. medddpm's training step
@@ -263,22 +275,21 @@ class MedddpmStep:
             + (" +checkpointing" if cfg.model.gradient_checkpointing else "")
         )
         self.schedule = NoiseSchedule.from_config(cfg.diffusion)
-        self.samples_seen = 0
         self.learner.model.train()
 
     def step(self) -> None:
-        tc = self.cfg.train
-        train_step(
-            self.learner,
+        learner = self.learner
+        loss, grad_norm = train_step(
+            learner,
             self.schedule,
             self.dataset,
-            self.samples_seen,
-            tc,
+            learner.samples_seen,
+            self.cfg.train,
             self.dist,
             self.device,
             self.precision,
         )
-        self.samples_seen += tc.batch_size * tc.grad_accum
+        learner.count_step(loss, grad_norm)
 
     def held_bytes(self) -> int:
         """Weights, EMA copy and AdamW moments (gradients are freed at the end of every step)."""
@@ -288,6 +299,10 @@ class MedddpmStep:
             [*model.parameters(), *model.buffers(), *ema.parameters(), *ema.buffers()]
             + list(optimizer_tensors(learner.optimizer))
         )
+
+    def close(self) -> None:
+        """Drop the learner (weights, EMA, optimizer) and the cached dataset."""
+        del self.learner, self.dataset
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,16 +349,31 @@ def model_flops(cfg: Config) -> int:
 
 
 @dataclass
+class OutOfMemory:
+    """A side that ran out of device memory, so was not (fully) measured."""
+
+    during: str  # "warm-up", "memory profile" or "timed turn N"
+    message: str  # torch's first line: what it tried to allocate, and what was in use
+    device_peak_gib: float | None = None  # the most the device held during that attempt, all sides (CUDA)
+
+    @property
+    def tried_to_allocate(self) -> str | None:
+        found = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]?i?B)", self.message)
+        return found.group(1) if found else None
+
+
+@dataclass
 class SideResult:
     name: str
-    steps_per_s: float  # median over turns, wall clock
+    steps_per_s: float | None  # median over turns, wall clock (None: out of memory)
     steps_per_s_all: list[float]
-    cpu_seconds_per_step: float  # median over turns, CPU time of this process (all its threads)
+    cpu_seconds_per_step: float | None  # median over turns, CPU time of this process (all its threads)
     peak_memory_gib: float | None
     tflops: float | None = None
     ratio: float | None = None  # vs the tutorial: median over turns of the per-turn steps/s ratio
     ratio_per_turn: list[float] = field(default_factory=list)
     cpu_ratio: float | None = None  # the same from CPU time per step (CPU runs: robust to load)
+    out_of_memory: OutOfMemory | None = None
 
 
 @dataclass
@@ -353,27 +383,48 @@ class SizeResult:
     precision: dict[str, str]
     load_before: list[float]
     load_after: list[float]
-    ratio: float  # medddpm vs tutorial: median over turns of (medddpm steps/s) / (tutorial steps/s)
-    ratio_of_medians: float  # median medddpm steps/s / median tutorial steps/s
+    # medddpm vs tutorial: median over turns of (medddpm steps/s) / (tutorial steps/s); None when
+    # either ran out of memory
+    ratio: float | None
+    ratio_of_medians: float | None  # median medddpm steps/s / median tutorial steps/s
     sides: list[SideResult] = field(default_factory=list)
     flops_per_step: int | None = None
 
 
-def bench_size(size: int, args: argparse.Namespace, device: torch.device, work: Path, log) -> SizeResult:
-    flags = {
-        "data.image_size": size,
-        "train.batch_size": args.batch_size,
-        "train.precision": args.precision,
-        "train.compile": args.compile or None,
-        "train.device": device.type,
-        "model.gradient_checkpointing": args.checkpointing or None,
-    }
-    cfg = build_config(args.config, args.set, flags)
-    files = write_scans(work / f"scans_{size}", args.num_scans, size)
-    if args.compile:
-        torch._dynamo.reset()  # a fresh compile per size: no shapes made dynamic by the previous one
+@contextlib.contextmanager
+def recording_oom(name: str, during: str, device: torch.device, failures: dict[str, OutOfMemory]):
+    """Run the block; if the device runs out of memory, record it in ``failures[name]`` instead of raising."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        yield
+    except torch.OutOfMemoryError as e:
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        message = str(e).strip().splitlines()[0] if str(e).strip() else "out of memory"
+        failures[name] = OutOfMemory(during, message, peak)
+
+
+def drop(side, oom: OutOfMemory, sides: list, device: torch.device, log) -> None:
+    """Take a side that ran out of memory out of the measurement and give its memory back."""
+    log(f"{side.name}: out of memory in {oom.during} ({oom.message}); measuring the others without it")
+    sides.remove(side)
+    side.close()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def build_sides(
+    size: int,
+    cfg: Config,
+    flags: dict,
+    files: list[Path],
+    args: argparse.Namespace,
+    device: torch.device,
+    work: Path,
+) -> list:
+    """[tutorial, medddpm] and, with --compare-layouts / --compare-set, medddpm-2."""
     ref_amp = args.ref_precision == "fp16" or (args.ref_precision == "tutorial" and device.type == "cuda")
-    log(f"{size}³: building the sides (compile happens in warm-up)")
     torch.manual_seed(0)
     tutorial = TutorialLoop(cfg, files, device, ref_amp, args.ref_workers)
     tutorial.label = ("fp16 autocast" if ref_amp else "fp32") + " NCDHW"
@@ -391,66 +442,139 @@ def bench_size(size: int, args: argparse.Namespace, device: torch.device, work: 
         second = MedddpmStep(cfg2, files, device, work / f"cache_{size}", other, name="medddpm-2")
         second.label += "".join(f" {kv}" for kv in args.compare_set)
         sides.append(second)
-    warmup = args.warmup if args.warmup is not None else 1 + int(args.compile)
-    for side in sides:
+    return sides
+
+
+def warm_up(sides: list, steps: int, size: int, device: torch.device, failures: dict, log) -> None:
+    for side in list(sides):
         t0 = time.perf_counter()
-        for _ in range(warmup):
-            side.step()
-        sync(device)
-        log(f"{size}³ {side.name}: warm-up {warmup} step(s) in {time.perf_counter() - t0:.1f} s")
+        with recording_oom(side.name, "warm-up", device, failures):
+            for _ in range(steps):
+                side.step()
+            sync(device)
+        if side.name in failures:
+            drop(side, failures[side.name], sides, device, log)
+        else:
+            log(f"{size}³ {side.name}: warm-up {steps} step(s) in {time.perf_counter() - t0:.1f} s")
+
+
+def profile_memory(sides: list, device: torch.device, failures: dict, log) -> dict[str, float]:
+    """GiB each side holds plus what one profiled step allocates on top (``step_peak_bytes``)."""
     peaks = {}
-    if args.memory:
-        for side in sides:
+    for side in list(sides):
+        with recording_oom(side.name, "memory profile", device, failures):
             peaks[side.name] = step_peak_bytes(side, device) / 2**30
-    load_before = [round(x, 2) for x in os.getloadavg()]
+        if side.name in failures:
+            drop(side, failures[side.name], sides, device, log)
+    return peaks
+
+
+def timed_turns(sides: list, size: int, args: argparse.Namespace, device: torch.device, failures: dict, log):
+    """Steps/s and CPU seconds per step of each side, per turn, the sides taking turns."""
     rates: dict[str, list[float]] = {s.name: [] for s in sides}
     cpu: dict[str, list[float]] = {s.name: [] for s in sides}
     for turn in range(args.repeats):
         # A B, then B A: a load that rises or falls during the run favours neither side.
-        for side in sides if turn % 2 == 0 else sides[::-1]:
-            sync(device)
-            t0, c0 = time.perf_counter(), time.process_time()
-            for _ in range(args.steps):
-                side.step()
-            sync(device)
-            rates[side.name].append(args.steps / (time.perf_counter() - t0))
-            cpu[side.name].append((time.process_time() - c0) / args.steps)
+        for side in list(sides) if turn % 2 == 0 else sides[::-1]:
+            with recording_oom(side.name, f"timed turn {turn + 1}", device, failures):
+                sync(device)
+                t0, c0 = time.perf_counter(), time.process_time()
+                for _ in range(args.steps):
+                    side.step()
+                sync(device)
+                rates[side.name].append(args.steps / (time.perf_counter() - t0))
+                cpu[side.name].append((time.process_time() - c0) / args.steps)
+            if side.name in failures:
+                drop(side, failures[side.name], sides, device, log)
         log(
             f"{size}³ turn {turn + 1}/{args.repeats}: "
-            + ", ".join(f"{n} {r[-1]:.3g} steps/s ({cpu[n][-1]:.3g} CPU s/step)" for n, r in rates.items())
+            + ", ".join(
+                f"{s.name} {rates[s.name][-1]:.3g} steps/s ({cpu[s.name][-1]:.3g} CPU s/step)" for s in sides
+            )
         )
+    return rates, cpu
+
+
+def bench_size(size: int, args: argparse.Namespace, device: torch.device, work: Path, log) -> SizeResult:
+    flags = {
+        "data.image_size": size,
+        "train.batch_size": args.batch_size,
+        "train.precision": args.precision,
+        "train.compile": args.compile or None,
+        "train.device": device.type,
+        "model.gradient_checkpointing": args.checkpointing or None,
+    }
+    cfg = build_config(args.config, args.set, flags)
+    files = write_scans(work / f"scans_{size}", args.num_scans, size)
+    if args.compile:
+        torch._dynamo.reset()  # a fresh compile per size: no shapes made dynamic by the previous one
+    log(f"{size}³: building the sides (compile happens in warm-up)")
+    sides = build_sides(size, cfg, flags, files, args, device, work)
+    names, labels = [s.name for s in sides], {s.name: s.label for s in sides}
+    failures: dict[str, OutOfMemory] = {}
+    warmup = args.warmup if args.warmup is not None else 1 + int(args.compile)
+    warm_up(sides, warmup, size, device, failures, log)
+    peaks = profile_memory(sides, device, failures, log) if args.memory else {}
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    rates, cpu = timed_turns(sides, size, args, device, failures, log)
     load_after = [round(x, 2) for x in os.getloadavg()]
+    del sides
     flops = model_flops(cfg) if args.flops else None
+    measured = [n for n in names if n not in failures]
     result = SizeResult(
         size=size,
         batch_size=args.batch_size,
-        precision={side.name: side.label for side in sides},
+        precision=labels,
         load_before=load_before,
         load_after=load_after,
-        ratio=0.0,
-        ratio_of_medians=statistics.median(rates["medddpm"]) / statistics.median(rates["tutorial"]),
+        ratio=None,
+        ratio_of_medians=None,
         flops_per_step=flops,
     )
-    for side in sides:
-        rate = statistics.median(rates[side.name])
-        per_turn = [b / a for a, b in zip(rates["tutorial"], rates[side.name], strict=True)]
-        cpu_per_turn = [a / b for a, b in zip(cpu["tutorial"], cpu[side.name], strict=True)]
-        result.sides.append(
-            SideResult(
-                name=side.name,
-                steps_per_s=rate,
-                steps_per_s_all=rates[side.name],
-                cpu_seconds_per_step=statistics.median(cpu[side.name]),
-                peak_memory_gib=peaks.get(side.name),
-                tflops=flops * rate / 1e12 if flops else None,
-                ratio=statistics.median(per_turn),
-                ratio_per_turn=per_turn,
-                cpu_ratio=statistics.median(cpu_per_turn) if device.type == "cpu" else None,
+    for name in names:
+        if name in failures:
+            result.sides.append(
+                SideResult(
+                    name=name,
+                    steps_per_s=None,
+                    steps_per_s_all=rates.get(name, []),
+                    cpu_seconds_per_step=None,
+                    peak_memory_gib=peaks.get(name),
+                    out_of_memory=failures[name],
+                )
             )
+            continue
+        rate = statistics.median(rates[name])
+        side = SideResult(
+            name=name,
+            steps_per_s=rate,
+            steps_per_s_all=rates[name],
+            cpu_seconds_per_step=statistics.median(cpu[name]),
+            peak_memory_gib=peaks.get(name),
+            tflops=flops * rate / 1e12 if flops else None,
         )
-    result.ratio = result.sides[1].ratio
-    del sides
+        if "tutorial" in measured:  # a ratio needs both sides' every turn
+            side.ratio_per_turn = [b / a for a, b in zip(rates["tutorial"], rates[name], strict=True)]
+            side.ratio = statistics.median(side.ratio_per_turn)
+            cpu_per_turn = [a / b for a, b in zip(cpu["tutorial"], cpu[name], strict=True)]
+            side.cpu_ratio = statistics.median(cpu_per_turn) if device.type == "cpu" else None
+        result.sides.append(side)
+    if "tutorial" in measured and "medddpm" in measured:
+        result.ratio = result.sides[1].ratio
+        result.ratio_of_medians = statistics.median(rates["medddpm"]) / statistics.median(rates["tutorial"])
     return result
+
+
+def out_of_memory_note(oom: OutOfMemory, profiled_peak_gib: float | None) -> str:
+    """The row of a side that ran out of memory: when, and what is known of its memory."""
+    details = [f"in {oom.during}"]
+    if oom.tried_to_allocate:
+        details.append(f"tried to allocate {oom.tried_to_allocate}")
+    if oom.device_peak_gib is not None:
+        details.append(f"device peak {oom.device_peak_gib:.1f} GiB")
+    if profiled_peak_gib is not None:
+        details.append(f"profiled step peak {profiled_peak_gib:.3f} GiB")
+    return f"out of memory ({', '.join(details)})"
 
 
 def report(results: list[SizeResult], device: torch.device) -> str:
@@ -460,11 +584,17 @@ def report(results: list[SizeResult], device: torch.device) -> str:
     ]
     for r in results:
         for s in r.sides:
+            if s.out_of_memory is not None:
+                lines.append(
+                    f"{r.size:>4}³ {s.name:<10} {r.precision[s.name]:<34} "
+                    + out_of_memory_note(s.out_of_memory, s.peak_memory_gib)
+                )
+                continue
             peak = f"{s.peak_memory_gib:.3f}" if s.peak_memory_gib is not None else "-"
             tf = f"{s.tflops:.3g}" if s.tflops is not None else "-"
             mfu = f"{100 * s.tflops / H100_BF16_DENSE_TFLOPS:.2f}" if s.tflops is not None else "-"
             ratio = ""
-            if s.name != "tutorial":
+            if s.name != "tutorial" and s.ratio is not None:
                 lo, hi = min(s.ratio_per_turn), max(s.ratio_per_turn)
                 ratio = f"  {s.ratio:.3f} (turns {lo:.2f}-{hi:.2f})"
                 if s.cpu_ratio is not None:
@@ -473,9 +603,15 @@ def report(results: list[SizeResult], device: torch.device) -> str:
                 f"{r.size:>4}³ {s.name:<10} {r.precision[s.name]:<34} {s.steps_per_s:>9.4g} "
                 f"{1 / s.steps_per_s:>8.3g} {s.cpu_seconds_per_step:>8.3g} {peak:>9} {tf:>8} {mfu:>8}{ratio}"
             )
+        if r.ratio is None:
+            short = ", ".join(s.name for s in r.sides if s.out_of_memory is not None)
+            summary = f"not computed ({short} ran out of memory)"
+        else:
+            summary = (
+                f"{r.ratio:.3f} (median of per-turn ratios; ratio of median steps/s {r.ratio_of_medians:.3f})"
+            )
         lines.append(
-            f"{r.size:>4}³ ratio medddpm / tutorial = {r.ratio:.3f} (median of per-turn ratios; "
-            f"ratio of median steps/s {r.ratio_of_medians:.3f}); load {r.load_before} -> {r.load_after}"
+            f"{r.size:>4}³ ratio medddpm / tutorial = {summary}; load {r.load_before} -> {r.load_after}"
         )
     if device.type != "cuda" and any(s.tflops for r in results for s in r.sides):
         lines.append("(% of 989: the H100's dense bf16 peak; meaningful on that GPU only)")

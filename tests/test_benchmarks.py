@@ -54,6 +54,65 @@ def test_bench_train_smallest(tmp_path: Path, capsys):
     assert "ratio medddpm / tutorial" in capsys.readouterr().out
 
 
+OOM_MESSAGE = (
+    "CUDA out of memory. Tried to allocate 16.00 GiB. GPU 0 has a total capacity of 139.81 GiB of "
+    "which 9.62 GiB is free. Including non-PyTorch memory, this process has 126.0 GiB memory in use."
+)
+
+
+@pytest.mark.parametrize(
+    ("failing_call", "during", "extra"),
+    [(1, "warm-up", []), (2, "timed turn 1", ["--no-memory"])],
+    ids=["warm-up", "timed step"],
+)
+def test_bench_train_records_a_side_out_of_memory(
+    failing_call: int, during: str, extra: list[str], tmp_path: Path, capsys, monkeypatch
+):
+    """The tutorial side running out of device memory is a result: its row says so, its memory is
+    given back, medddpm is still measured (every turn), no ratio is computed, and the JSON says why."""
+    import gc
+    import weakref
+
+    import torch
+
+    bench = load("bench_train")
+    calls, model = [], []
+    step = bench.TutorialLoop.step
+
+    def step_until_out_of_memory(self) -> None:
+        calls.append(1)
+        if len(calls) == failing_call:
+            model.append(weakref.ref(self.model))
+            raise torch.OutOfMemoryError(OOM_MESSAGE)
+        step(self)
+
+    monkeypatch.setattr(bench.TutorialLoop, "step", step_until_out_of_memory)
+    out = tmp_path / "train.json"
+    args = ["--config", "tiny", "--sizes", "16", "--steps", "1", "--repeats", "2", "--warmup", "1"]
+    args += ["--ref-workers", "0", "--num-scans", "2", "--device", "cpu", "--json", str(out), *extra]
+    (result,) = bench.main(args)
+
+    tutorial, medddpm = result.sides
+    assert tutorial.out_of_memory is not None and tutorial.out_of_memory.during == during
+    assert tutorial.steps_per_s is None and len(calls) == failing_call  # not stepped again
+    assert len(medddpm.steps_per_s_all) == 2 and medddpm.steps_per_s > 0
+    assert medddpm.ratio is None and result.ratio is None and result.ratio_of_medians is None
+    gc.collect()
+    assert model[0]() is None, "the tutorial's model must be freed once it ran out of memory"
+
+    text = capsys.readouterr().out
+    row = next(line for line in text.splitlines() if " tutorial " in line)
+    assert f"out of memory (in {during}, tried to allocate 16.00 GiB" in row
+    assert "ratio medddpm / tutorial = not computed (tutorial ran out of memory)" in text
+    saved = json.loads(out.read_text())["results"][0]
+    assert saved["ratio"] is None
+    assert saved["sides"][0]["out_of_memory"]["during"] == during
+    assert saved["sides"][0]["out_of_memory"]["message"] == OOM_MESSAGE.splitlines()[0]
+    assert saved["sides"][1]["out_of_memory"] is None and saved["sides"][1]["steps_per_s"] > 0
+    if "--no-memory" not in extra:
+        assert saved["sides"][1]["peak_memory_gib"] > 0  # the other side's profiled step still ran
+
+
 def test_model_flops_counts_forward_and_backward():
     from medddpm.config import build_config
 

@@ -1,4 +1,6 @@
-"""``medddpm train``: the loop (``loop``) and checkpoints on disk (``checkpoint``).
+"""``medddpm train``: the run top to bottom (``loop``), the learner and its resumable state
+(``learner``), checkpoints on disk (``checkpoint``), what a run records as it goes (``monitor``:
+metrics.csv, tensorboard, previews) and when it stops early (``stopping``: Ctrl-C, SIGTERM, time).
 
 May import: ``medddpm.config``, ``errors``, ``runtime``, ``preview``, ``output_folder``, ``data``, ``models``,
 ``diffusion``.

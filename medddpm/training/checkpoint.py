@@ -1,12 +1,14 @@
 """Checkpoints on disk: safetensors weights, plain-typed training state, written atomically.
 
-Layout of one checkpoint, ``RUN_DIR/checkpoints/step-00001000/``::
+Layout of one checkpoint, ``RUN_DIR/checkpoints/step-00001000/``, and the key of a learner's
+``state_dict()`` (``medddpm.training.learner``) that each file holds::
 
-    model.safetensors     the trained weights
-    ema.safetensors       the EMA weights (what sampling uses by default)
-    training_state.pt     optimizer, LR schedule, grad scaler, step, RNG states: tensors and plain
-                          types only, loaded with torch.load(weights_only=True)
-    meta.json             step, resolved config, library versions
+    model.safetensors     "model"            the trained weights
+    ema.safetensors       "ema"              the EMA weights (what sampling uses by default)
+    training_state.pt     "training_state"   optimizer, LR schedule, grad scaler, step, RNG states:
+                                             tensors and plain types only, loaded with
+                                             torch.load(weights_only=True)
+    meta.json             (not state)        step, resolved config, library versions
 
 A checkpoint is written into a hidden temporary folder, every file fsynced, then renamed into
 place: a folder named ``step-N`` is always complete, whatever moment a crash strikes. ``latest``
@@ -32,7 +34,9 @@ from medddpm.config import Config, config_from_dict
 from medddpm.errors import InputError
 
 CHECKPOINTS = "checkpoints"
-FILES = ("model.safetensors", "ema.safetensors", "training_state.pt", "meta.json")
+STATE_FILES = {"model": "model.safetensors", "ema": "ema.safetensors", "training_state": "training_state.pt"}
+"""A learner's state key -> the checkpoint file that holds it (written in this order)."""
+FILES = (*STATE_FILES.values(), "meta.json")
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
@@ -53,17 +57,13 @@ def _plain_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(
-    run_dir: Path,
-    step: int,
-    model_state: dict[str, torch.Tensor],
-    ema_state: dict[str, torch.Tensor],
-    training_state: dict[str, Any],
-    meta: dict[str, Any],
-    keep_last: int,
+    run_dir: Path, step: int, state: dict[str, Any], meta: dict[str, Any], keep_last: int
 ) -> Path:
     """Write ``checkpoints/step-N/`` atomically, then delete all but the ``keep_last`` newest.
 
-    Also removes the hidden temporary folders that an interrupted earlier write left behind.
+    ``state``: a learner's ``state_dict()``, one file per key (STATE_FILES); ``meta`` goes into
+    meta.json beside the step. Also removes the hidden temporary folders that an interrupted earlier
+    write left behind.
     """
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
@@ -71,9 +71,9 @@ def save_checkpoint(
     tmp = root / f".tmp-{step_dir_name(step)}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(_plain_state(model_state), tmp / "model.safetensors", metadata={"step": str(step)})
-    save_file(_plain_state(ema_state), tmp / "ema.safetensors", metadata={"step": str(step)})
-    torch.save(training_state, tmp / "training_state.pt")
+    for key in ("model", "ema"):
+        save_file(_plain_state(state[key]), tmp / STATE_FILES[key], metadata={"step": str(step)})
+    torch.save(state["training_state"], tmp / STATE_FILES["training_state"])
     (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
     for name in FILES:
         _fsync(tmp / name)
@@ -145,17 +145,19 @@ class Checkpoint:
     config: Config
     meta: dict[str, Any]
 
+    def file(self, key: str) -> Path:
+        """The file that holds the learner state's ``key`` ("model", "ema" or "training_state")."""
+        return self.path / STATE_FILES[key]
+
     def weights(self, ema: bool = True) -> dict[str, torch.Tensor]:
-        name = "ema.safetensors" if ema else "model.safetensors"
+        path = self.file("ema" if ema else "model")
         try:
-            return load_file(self.path / name)
+            return load_file(path)
         except (SafetensorError, OSError, ValueError) as e:
-            raise InputError(
-                f"corrupt or unreadable weights ({str(e).splitlines()[0]})", self.path / name
-            ) from None
+            raise InputError(f"corrupt or unreadable weights ({str(e).splitlines()[0]})", path) from None
 
     def training_state(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-        path = self.path / "training_state.pt"
+        path = self.file("training_state")
         try:
             return torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError:  # weights_only refuses anything but tensors and plain types

@@ -1,11 +1,17 @@
-"""``train(cfg, data_dir, run_dir)``: the DDPM training loop, top to bottom.
+"""``train(cfg, data_dir, run_dir)``: the DDPM training run, top to bottom.
 
-1. Runtime: device, precision, torchrun process group.
-2. Run folder: refuse to overwrite, or pick up the latest checkpoint with ``resume``.
-3. Data: discover, preflight every file, record dataset.json, preprocess once into a cache.
-4. Model, EMA (torch AveragedModel), AdamW, warm-up + cosine LR, grad scaler for fp16.
-5. Loop: accumulate micro-batches, clip, step, update EMA; skip non-finite steps; log, checkpoint,
-   preview. Ctrl-C, or reaching ``train.max_minutes``, writes a checkpoint and returns.
+``train()`` calls one function per step:
+
+1. ``start_compute``: device, precision, torchrun process group.
+2. ``check_inputs``, on every process before anything is written: the run folder (refuse to
+   overwrite), the checkpoint to resume from with ``resume`` (config, weights and training state
+   read and checked), preflight of every scan.
+3. ``prepare_run_folder``: config.yaml and dataset.json; every scan preprocessed once into a cache.
+4. ``start_learner``: model, EMA (torch AveragedModel), AdamW, warm-up + cosine LR, grad scaler for
+   fp16 (``learner``); the checkpoint's state put back into it when resuming.
+5. ``run_loop``: ``train_step`` (accumulate micro-batches, clip, step, update EMA; skip non-finite
+   steps), then record (metrics.csv, tensorboard: ``monitor``), checkpoint, preview. Ctrl-C,
+   SIGTERM or reaching ``train.max_minutes`` (``stopping``) writes a checkpoint and returns.
 
 Training reads one endless stream of samples: epoch e is a permutation of the scans seeded by
 (seed, e), and the sample at stream position p gets its timestep and noise from a generator seeded
@@ -18,9 +24,7 @@ float rounding: DDP averages the K half-batch gradients).
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
-import json
 import math
 import signal
 import time
@@ -29,15 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from medddpm.config import Config, TrainConfig, save_config
-from medddpm.data.scans import discover_scans, preflight, write_dataset_json
+from medddpm.data.scans import Preflight, discover_scans, preflight, write_dataset_json
 from medddpm.data.transforms import build_dataset, output_spacing
 from medddpm.diffusion.noise import PerSampleGenerator
 from medddpm.diffusion.schedule import NoiseSchedule, diffusion_loss
 from medddpm.errors import InputError, TrainingAborted
-from medddpm.models.unet import build_unet, count_parameters, preferred_memory_format, to_memory_format
+from medddpm.models.unet import count_parameters
 from medddpm.runtime import (
     Distributed,
     autocast,
@@ -49,29 +52,12 @@ from medddpm.runtime import (
     resolve_precision,
     seed_everything,
 )
-from medddpm.training.checkpoint import (
-    Checkpoint,
-    list_checkpoints,
-    load_weights,
-    open_checkpoint,
-    save_checkpoint,
-)
+from medddpm.training.checkpoint import Checkpoint, list_checkpoints, open_checkpoint, save_checkpoint
+from medddpm.training.learner import Learner, build_learner, read_learner_state
+from medddpm.training.monitor import RunRecords, StepLog, write_preview
+from medddpm.training.stopping import StopRequest, out_of_time
 
-METRICS_FIELDS = ["step", "loss", "lr", "grad_norm", "skipped_nonfinite", "seconds"]
 RUN_FILES = ("checkpoints", "previews", "metrics.csv", "config.yaml", "dataset.json", "cache", "tensorboard")
-# Sections whose change makes a checkpoint meaningless for the run (what train/sample may change is free).
-FROZEN_SECTIONS = ("data", "model", "diffusion")
-
-
-@dataclass
-class StepLog:
-    step: int
-    max_steps: int
-    loss: float
-    lr: float
-    grad_norm: float
-    skipped_nonfinite: int
-    seconds: float
 
 
 @dataclass
@@ -89,19 +75,301 @@ def _no_log(message: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Pieces the loop is built from
+# The run, step by step
 
 
-def lr_lambda(cfg_warmup: int, max_steps: int, min_ratio: float) -> Callable[[int], float]:
-    """Linear warm-up to the peak LR, then cosine decay to ``min_ratio`` of it at ``max_steps``."""
+def train(
+    cfg: Config,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    skip_invalid: bool = False,
+    log: Callable[[str], None] = _no_log,
+    on_step: Callable[[StepLog], None] | None = None,
+) -> TrainResult:
+    """Train a DDPM on the NIfTI scans below ``data_dir``, writing everything into ``run_dir``.
 
-    def factor(step: int) -> float:
-        if step < cfg_warmup:
-            return (step + 1) / cfg_warmup
-        progress = min(1.0, (step - cfg_warmup) / max(1, max_steps - cfg_warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    One call per numbered step of the module docstring. ``log`` receives one line per event
+    (process 0 only); ``on_step`` a StepLog after every step (process 0 only).
+    """
+    data_dir, run_dir = Path(data_dir), Path(run_dir)
+    compute = start_compute(cfg.train)
+    if not compute.dist.is_main:
+        log = _no_log  # under torchrun, process 0 speaks for all
+    found, resume_state = check_inputs(
+        cfg, data_dir, run_dir, compute.dist, resume=resume, overwrite=overwrite, skip_invalid=skip_invalid
+    )
+    report_inputs(found, run_dir, resume, log)
+    dataset = prepare_run_folder(
+        cfg, found, data_dir, run_dir, compute.dist, resume=resume, overwrite=overwrite
+    )
+    learner = start_learner(cfg, compute, resume_state, log)
+    del resume_state  # the checkpoint's weights and optimizer moments: in the learner now
+    log(describe_run(len(dataset), learner, compute, cfg.train))
+    return run_loop(learner, dataset, cfg, compute, found, run_dir, data_dir, log, on_step)
 
-    return factor
+
+@dataclass(frozen=True)
+class Compute:
+    """Where the arithmetic runs: the device, the precision, and this process's place under torchrun."""
+
+    device: torch.device
+    precision: str
+    dist: Distributed
+
+
+def start_compute(tc: TrainConfig) -> Compute:
+    """1. The device and precision ``train`` asks for, and the process group when under torchrun."""
+    check_torch_version()
+    device = resolve_device(tc.device)
+    dist = init_distributed(device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    return Compute(device, resolve_precision(tc.precision, device), dist)
+
+
+@dataclass
+class CheckedInputs:
+    """What the checks found; the same on every process."""
+
+    scans: Preflight
+    spacing: tuple[float, float, float]  # mm, of the training volumes (and of samples)
+    start: Checkpoint | None  # the checkpoint to resume from
+
+
+def check_inputs(
+    cfg: Config,
+    data_dir: Path,
+    run_dir: Path,
+    dist: Distributed,
+    *,
+    resume: bool,
+    overwrite: bool,
+    skip_invalid: bool,
+) -> tuple[CheckedInputs, dict | None]:
+    """2. Check the run folder, the checkpoint to resume from and every scan; write nothing.
+
+    Returns what was found and the learner state to resume from (None: start afresh). Runs on
+    every process; ``dist.agree`` makes them all raise if any one fails, before process 0 writes
+    anything (no process waits in a barrier for one that gave up).
+    """
+    failure: InputError | None = None
+    start = state = None
+    try:
+        check_run_dir(run_dir, resume, overwrite)
+        checkpoints = list_checkpoints(run_dir) if resume else []
+        start = open_checkpoint(checkpoints[-1][1]) if checkpoints else None
+        if start is not None:
+            state = read_learner_state(start, cfg)
+        scans = preflight(discover_scans(data_dir))
+        if scans.skipped and not skip_invalid:
+            raise InputError(scans.error_report())
+        if not scans.valid:
+            raise InputError("no usable scans after preflight", data_dir)
+        spacing = output_spacing(cfg.data, scans.valid)
+    except InputError as e:
+        failure = e
+    dist.agree(failure, resume_from_step=None if start is None else start.step)
+    return CheckedInputs(scans, spacing, start), state
+
+
+def report_inputs(found: CheckedInputs, run_dir: Path, resume: bool, log: Callable[[str], None]) -> None:
+    """Where training starts from, and each scan skipped or warned about (dataset.json keeps them too)."""
+    if found.start is not None:
+        log(f"Resuming from {found.start.path} (step {found.start.step})")
+    elif resume:
+        log(f"No complete checkpoint in {run_dir}: starting from step 0")
+    for bad in found.scans.skipped:
+        log(f"[yellow]skipping[/] {bad['path']}: {bad['reason']}")
+    for scan in found.scans.valid:
+        for warning in scan.warnings:
+            log(f"[yellow]warning:[/] {scan.path}: {warning}")
+
+
+def prepare_run_folder(
+    cfg: Config,
+    found: CheckedInputs,
+    data_dir: Path,
+    run_dir: Path,
+    dist: Distributed,
+    *,
+    resume: bool,
+    overwrite: bool,
+) -> Sequence[dict]:
+    """3. Process 0 writes the run folder's config.yaml and dataset.json; then every process opens
+    the dataset (items ``{"image": [1, D, H, W] in [-1, 1]}``), preprocessing each scan once into
+    the cache."""
+    if dist.is_main:
+        prepare_run_dir(run_dir, resume, overwrite)
+        save_config(cfg, run_dir / "config.yaml")
+        write_dataset_json(run_dir / "dataset.json", cfg.data, found.scans, data_dir, found.spacing)
+    dist.barrier()
+    return build_dataset(
+        cfg.data, [s.path for s in found.scans.valid], run_dir / "cache", cfg.data.num_workers
+    )
+
+
+def start_learner(
+    cfg: Config, compute: Compute, resume_state: dict | None, log: Callable[[str], None]
+) -> Learner:
+    """4. A learner with fresh weights drawn from ``train.seed``, then the resumed state put back."""
+    device, precision = compute.device, compute.precision
+    # bf16 on CUDA: one conv3d at the model's full-resolution size against fp32 (a cuDNN bug).
+    bf16_warning = check_conv3d_bf16(device, precision, (1, cfg.model.channels[0], *cfg.data.image_size))
+    if bf16_warning:
+        log(f"[yellow]warning:[/] {bf16_warning}")
+    seed_everything(cfg.train.seed)
+    learner = build_learner(cfg, device, precision, compute.dist)
+    if resume_state is not None:
+        learner.load_state_dict(resume_state)  # RNG states included: after the draws above
+    return learner
+
+
+def describe_run(n_scans: int, learner: Learner, compute: Compute, tc: TrainConfig) -> str:
+    world = compute.dist.world_size
+    return (
+        f"{n_scans} scans, {count_parameters(learner.model) / 1e6:.2f}M parameters, {compute.device.type} "
+        f"{compute.precision}, effective batch {learner.samples_per_step} ({tc.batch_size} x {tc.grad_accum} "
+        f"accumulation x {world} process{'es' if world > 1 else ''})"
+    )
+
+
+def run_loop(
+    learner: Learner,
+    dataset: Sequence[dict],
+    cfg: Config,
+    compute: Compute,
+    found: CheckedInputs,
+    run_dir: Path,
+    data_dir: Path,
+    log: Callable[[str], None],
+    on_step: Callable[[StepLog], None] | None,
+) -> TrainResult:
+    """5. Optimizer steps up to ``train.max_steps``: after each, record, checkpoint and preview when due.
+
+    The first Ctrl-C or SIGTERM, or the end of ``train.max_minutes``, stops after the current step
+    with a checkpoint; a second signal stops at once (KeyboardInterrupt, no checkpoint). Non-finite
+    steps are skipped, and ``train.max_nonfinite`` of them in a row raise TrainingAborted.
+    """
+    tc, dist, device = cfg.train, compute.dist, compute.device
+    schedule = NoiseSchedule.from_config(cfg.diffusion)
+    checkpoints = CheckpointWriter(run_dir, cfg, found.spacing, dist, found.start)
+    records = RunRecords(run_dir, tc, learner.step if found.start else None, enabled=dist.is_main)
+    stop = StopRequest()
+    nonfinite_in_a_row = 0
+    t0 = time.perf_counter()
+    learner.model.train()
+    try:
+        stop.listen()
+        while learner.step < tc.max_steps:
+            loss, grad_norm = train_step(
+                learner, schedule, dataset, learner.samples_seen, tc, dist, device, compute.precision
+            )
+            nonfinite_in_a_row = 0 if learner.count_step(loss, grad_norm) else nonfinite_in_a_row + 1
+            check_diverged(nonfinite_in_a_row, learner.step, tc)
+            seconds = time.perf_counter() - t0
+            spent = out_of_time(tc.max_minutes, seconds, dist, device)
+            last = learner.step == tc.max_steps or spent
+            logged = learner.step % tc.log_every == 0 or last
+            if logged:
+                loss = mean_over_processes(loss, compute)
+            lr = learner.scheduler.get_last_lr()[0]
+            entry = StepLog(
+                learner.step, tc.max_steps, loss, lr, grad_norm, learner.skipped_nonfinite, seconds
+            )
+            if logged:
+                records.write(entry)
+            if on_step is not None and dist.is_main:
+                stop.call(on_step, entry)
+            if stop.agreed(dist, device):
+                raise KeyboardInterrupt
+            if learner.step % tc.checkpoint_every == 0 or last:
+                checkpoints.save(learner)
+            if tc.preview_every and (learner.step % tc.preview_every == 0 or last) and dist.is_main:
+                ema = learner.ema.module
+                write_preview(
+                    ema, schedule, cfg, learner.step, run_dir, found.spacing, device, compute.precision
+                )
+            if spent:
+                log(f"Stopped at step {learner.step}: train.max_minutes={tc.max_minutes:g} reached")
+                break
+    except KeyboardInterrupt:
+        if stop.forced:
+            raise
+        return stop_early(learner, checkpoints, stop, run_dir, data_dir, log)
+    finally:
+        stop.stop_listening()
+        records.close()
+    return TrainResult(run_dir, learner.step, checkpoints.last)
+
+
+def stop_early(
+    learner: Learner,
+    checkpoints: CheckpointWriter,
+    stop: StopRequest,
+    run_dir: Path,
+    data_dir: Path,
+    log: Callable[[str], None],
+) -> TrainResult:
+    """After Ctrl-C or SIGTERM: a checkpoint of the last finished step, and how to go on from it."""
+    checkpoints.save(learner)
+    by = " (SIGTERM)" if stop.signal == signal.SIGTERM else ""
+    log(
+        f"Interrupted at step {learner.step}{by}; checkpoint saved in {checkpoints.last}. "
+        f"Continue with: medddpm train {data_dir} --output {run_dir} --resume"
+    )
+    by_signal = stop.signal or signal.SIGINT  # None: another process's signal, or a KeyboardInterrupt
+    return TrainResult(run_dir, learner.step, checkpoints.last, interrupted=True, signal=by_signal)
+
+
+def check_diverged(nonfinite_in_a_row: int, step: int, tc: TrainConfig) -> None:
+    """Raise TrainingAborted, with advice, after ``train.max_nonfinite`` skipped steps in a row."""
+    if nonfinite_in_a_row >= tc.max_nonfinite:
+        raise TrainingAborted(
+            f"{nonfinite_in_a_row} steps in a row had a non-finite loss or gradient "
+            f"(last at step {step}); try --precision fp32 or a lower train.lr "
+            f"(now {tc.lr:g}), then --resume"
+        )
+
+
+def mean_over_processes(value: float, compute: Compute) -> float:
+    """``value`` averaged over the torchrun processes (a collective); itself with one process."""
+    if not compute.dist.enabled:
+        return value
+    t = torch.tensor([value], device=compute.device)
+    torch.distributed.all_reduce(t)
+    return float(t) / compute.dist.world_size
+
+
+class CheckpointWriter:
+    """Process 0 writes the learner's state into checkpoints/step-N/; every process waits for it.
+
+    ``last``: the newest checkpoint of the run (the one resumed from, before the first write).
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: Config,
+        spacing: tuple[float, float, float],
+        dist: Distributed,
+        start: Checkpoint | None,
+    ):
+        self.run_dir, self.keep_last, self.dist = run_dir, cfg.train.keep_last, dist
+        self.meta = {"config": cfg.to_dict(), "output_spacing": list(spacing), "versions": library_versions()}
+        self.last: Path | None = start.path if start is not None else None
+
+    def save(self, learner: Learner) -> None:
+        if self.dist.is_main:
+            state = learner.state_dict()
+            self.last = save_checkpoint(self.run_dir, learner.step, state, self.meta, self.keep_last)
+        self.dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces the loop is built from: the sample stream, one optimizer step, the run folder
 
 
 def batch_indices(position: int, batch_size: int, n: int, seed: int) -> list[int]:
@@ -130,51 +398,6 @@ def sample_generators(seed: int, position: int, count: int, device: torch.device
     """One generator per stream position ``position .. position+count-1``: a sample's t and noise."""
     seeds = [((seed + 1) * 2**40 + p) % 2**63 for p in range(position, position + count)]
     return PerSampleGenerator.from_seeds(seeds, device)
-
-
-@dataclass
-class Learner:
-    """What an optimizer step changes. ``network`` is ``model`` as the forward pass runs it
-    (compiled and/or wrapped in DistributedDataParallel); ``model`` owns the weights."""
-
-    model: torch.nn.Module
-    network: torch.nn.Module
-    ema: AveragedModel
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-
-
-def build_learner(
-    cfg: Config,
-    device: torch.device,
-    precision: str,
-    dist: Distributed,
-    memory_format: torch.memory_format | None = None,
-) -> Learner:
-    """The U-Net on ``device`` with its EMA copy, AdamW, warm-up + cosine LR and grad scaler (fp16
-    only), and the network the forward pass runs: wrapped in DDP under torchrun, compiled with
-    ``train.compile``. Draws the initial weights from torch's global generator. ``memory_format``:
-    the weights' layout (default: ``preferred_memory_format(device)``; results differ only by
-    float rounding)."""
-    tc = cfg.train
-    model = to_memory_format(
-        build_unet(cfg.model).to(device), memory_format or preferred_memory_format(device)
-    )
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    network: torch.nn.Module = model
-    if dist.enabled:
-        network = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if tc.compile:
-        network = torch.compile(network)
-    return Learner(model, network, ema, optimizer, scheduler, scaler)
 
 
 def train_step(
@@ -233,445 +456,6 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     from medddpm.output_folder import RUN_FOLDER, prepare_output
 
     prepare_output(run_dir, RUN_FOLDER, clear=overwrite and not resume)
-
-
-RESUME_STATE_KEYS = ("step", "optimizer", "scheduler", "scaler", "ema_n_averaged", "skipped_nonfinite", "rng")
-
-
-def read_resume_state(start: Checkpoint, cfg: Config) -> tuple[dict, dict, dict]:
-    """Read and check every file of the checkpoint to resume from, before the run folder is touched.
-
-    Returns (model weights, EMA weights, training state). Raises InputError naming the file for
-    weights that are corrupt or do not fit the model config, and for a training state that is
-    corrupt, incomplete, or holds anything but tensors and plain types (weights_only=True).
-    """
-    import warnings
-
-    with torch.device("meta"), warnings.catch_warnings():  # shapes only: no memory for a second model
-        warnings.simplefilter("ignore")
-        shapes = build_unet(cfg.model)
-        weights = start.weights(ema=False)
-        load_weights(shapes, weights, start.path / "model.safetensors")
-        ema_weights = start.weights(ema=True)
-        load_weights(shapes, ema_weights, start.path / "ema.safetensors")
-    state = start.training_state()
-    missing = [k for k in RESUME_STATE_KEYS if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise InputError(f"training state lacks {', '.join(missing)}", start.path / "training_state.pt")
-    return weights, ema_weights, state
-
-
-def check_resume_config(cfg: Config, saved: Config, source: Path) -> None:
-    """The data, model and diffusion sections must match the checkpoint; train and sample may change."""
-    new, old = cfg.to_dict(), saved.to_dict()
-    for section in FROZEN_SECTIONS:
-        for key, value in old[section].items():
-            if new[section].get(key) != value:
-                raise InputError(
-                    f"cannot resume: {section}.{key} is {new[section].get(key)!r} here but "
-                    f"{value!r} in the checkpoint; drop the change or train into a new folder",
-                    source,
-                )
-
-
-class MetricsLog:
-    """RUN_DIR/metrics.csv; on resume, rows past the checkpoint's step are dropped (they will be redone)."""
-
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
-        rows = []
-        if resume_step is not None and path.exists():
-            with path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if _row_step(r) <= resume_step]
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRICS_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def write(self, log: StepLog) -> None:
-        with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow(
-                [
-                    log.step,
-                    f"{log.loss:.6g}",
-                    f"{log.lr:.6g}",
-                    f"{log.grad_norm:.6g}",
-                    log.skipped_nonfinite,
-                    f"{log.seconds:.2f}",
-                ]
-            )
-
-
-def _row_step(row: dict) -> float:
-    """The step of a metrics.csv row; inf (dropped) for a row a crash cut short."""
-    try:
-        return int(row["step"]) if all(row.get(k) not in (None, "") for k in METRICS_FIELDS) else math.inf
-    except ValueError:
-        return math.inf
-
-
-def rng_state() -> dict:
-    import random
-
-    import numpy as np
-
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype("int64")), *np_state[2:]],
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    import random
-
-    import numpy as np
-
-    torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype("uint32"), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-# ---------------------------------------------------------------------------------------------
-# The loop
-
-
-def train(
-    cfg: Config,
-    data_dir: str | Path,
-    run_dir: str | Path,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    skip_invalid: bool = False,
-    log: Callable[[str], None] = _no_log,
-    on_step: Callable[[StepLog], None] | None = None,
-) -> TrainResult:
-    """Train a DDPM on the NIfTI scans below ``data_dir``, writing everything into ``run_dir``."""
-    data_dir, run_dir = Path(data_dir), Path(run_dir)
-    tc = cfg.train
-
-    # 1. Runtime -------------------------------------------------------------------------------
-    check_torch_version()
-    device = resolve_device(tc.device)
-    dist = init_distributed(device)
-    if dist.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-    precision = resolve_precision(tc.precision, device)
-    if not dist.is_main:
-        log = _no_log
-
-    # 2-3. Checks, on every process; dist.agree makes them all stop if any one fails, before
-    # process 0 writes anything (no process waits in a barrier for one that gave up).
-    failure: InputError | None = None
-    start = None
-    try:
-        # 2. Run folder ------------------------------------------------------------------------
-        check_run_dir(run_dir, resume, overwrite)
-        checkpoints = list_checkpoints(run_dir) if resume else []
-        start = open_checkpoint(checkpoints[-1][1]) if checkpoints else None
-        if start is not None:
-            check_resume_config(cfg, start.config, start.path)
-            resume_state = read_resume_state(start, cfg)
-
-        # 3. Data ------------------------------------------------------------------------------
-        files = discover_scans(data_dir)
-        checked = preflight(files)
-        if checked.skipped and not skip_invalid:
-            raise InputError(checked.error_report())
-        if not checked.valid:
-            raise InputError("no usable scans after preflight", data_dir)
-        spacing = output_spacing(cfg.data, checked.valid)
-    except InputError as e:
-        failure = e
-    dist.agree(failure, resume_from_step=None if start is None else start.step)
-    if start is not None:
-        log(f"Resuming from {start.path} (step {start.step})")
-    elif resume:
-        log(f"No complete checkpoint in {run_dir}: starting from step 0")
-    for bad in checked.skipped:
-        log(f"[yellow]skipping[/] {bad['path']}: {bad['reason']}")
-    for scan in checked.valid:  # kept in dataset.json too (files[].warnings)
-        for warning in scan.warnings:
-            log(f"[yellow]warning:[/] {scan.path}: {warning}")
-    if dist.is_main:
-        prepare_run_dir(run_dir, resume, overwrite)
-        save_config(cfg, run_dir / "config.yaml")
-        write_dataset_json(run_dir / "dataset.json", cfg.data, checked, data_dir, spacing)
-    dist.barrier()
-    dataset = build_dataset(
-        cfg.data, [s.path for s in checked.valid], run_dir / "cache", cfg.data.num_workers
-    )
-    n = len(dataset)
-
-    # 4. Model, EMA, optimiser -----------------------------------------------------------------
-    # bf16 on CUDA: one conv3d at the model's full-resolution size against fp32 (a cuDNN bug).
-    bf16_warning = check_conv3d_bf16(device, precision, (1, cfg.model.channels[0], *cfg.data.image_size))
-    if bf16_warning:
-        log(f"[yellow]warning:[/] {bf16_warning}")
-    seed_everything(tc.seed)
-    learner = build_learner(cfg, device, precision, dist)
-    model, ema, optimizer, scheduler, scaler = (
-        learner.model,
-        learner.ema,
-        learner.optimizer,
-        learner.scheduler,
-        learner.scaler,
-    )
-    schedule = NoiseSchedule.from_config(cfg.diffusion)
-    step = 0
-    nonfinite_total = 0
-    effective = tc.batch_size * tc.grad_accum * dist.world_size
-    samples_seen = 0  # stream positions consumed by all processes together
-    if start is not None:
-        weights, ema_weights, state = resume_state
-        load_weights(model, weights, start.path / "model.safetensors")
-        load_weights(ema.module, ema_weights, start.path / "ema.safetensors")
-        del resume_state, weights, ema_weights
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        ema.n_averaged.copy_(state["ema_n_averaged"])
-        set_rng_state(state["rng"])
-        step, nonfinite_total = int(state["step"]), int(state["skipped_nonfinite"])
-        # Stream position: recorded, so that a run resumed with another number of processes (or
-        # batch size) goes on where it stopped; older checkpoints imply it from the step.
-        samples_seen = int(state.get("samples_seen", step * effective))
-
-    log(
-        f"{n} scans, {count_parameters(model) / 1e6:.2f}M parameters, {device.type} {precision}, "
-        f"effective batch {effective} ({tc.batch_size} x {tc.grad_accum} accumulation x {dist.world_size} "
-        f"process{'es' if dist.world_size > 1 else ''})"
-    )
-
-    def checkpoint_now() -> Path | None:
-        path = None
-        if dist.is_main:
-            path = save_checkpoint(
-                run_dir,
-                step,
-                model.state_dict(),
-                ema.module.state_dict(),
-                {
-                    "step": step,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "ema_n_averaged": ema.n_averaged.detach().cpu(),
-                    "skipped_nonfinite": nonfinite_total,
-                    "samples_seen": samples_seen,
-                    "rng": rng_state(),
-                },
-                {"config": cfg.to_dict(), "output_spacing": list(spacing), "versions": library_versions()},
-                tc.keep_last,
-            )
-        dist.barrier()
-        return path
-
-    # 5. Loop ----------------------------------------------------------------------------------
-    metrics = MetricsLog(run_dir / "metrics.csv", step if start else None) if dist.is_main else None
-    writer = _tensorboard(run_dir) if tc.tensorboard and dist.is_main else None
-    last_checkpoint = start.path if start else None
-    consecutive_nonfinite = 0
-    t0 = time.perf_counter()
-    model.train()
-    stop = StopRequest()
-    try:
-        stop.listen()
-        while step < tc.max_steps:
-            loss_sum, grad_norm = train_step(
-                learner, schedule, dataset, samples_seen, tc, dist, device, precision
-            )
-            if math.isfinite(grad_norm) and math.isfinite(loss_sum):
-                consecutive_nonfinite = 0
-            else:
-                nonfinite_total += 1
-                consecutive_nonfinite += 1
-                if consecutive_nonfinite >= tc.max_nonfinite:
-                    raise TrainingAborted(
-                        f"{consecutive_nonfinite} steps in a row had a non-finite loss or gradient "
-                        f"(last at step {step + 1}); try --precision fp32 or a lower train.lr "
-                        f"(now {tc.lr:g}), then --resume"
-                    )
-            step += 1
-            samples_seen += effective
-            out_of_time = _out_of_time(tc.max_minutes, time.perf_counter() - t0, dist, device)
-
-            logged = step % tc.log_every == 0 or step == tc.max_steps or out_of_time
-            if logged and dist.enabled:
-                t = torch.tensor([loss_sum], device=device)
-                torch.distributed.all_reduce(t)
-                loss_sum = float(t) / dist.world_size
-            entry = StepLog(
-                step,
-                tc.max_steps,
-                loss_sum,
-                scheduler.get_last_lr()[0],
-                grad_norm,
-                nonfinite_total,
-                time.perf_counter() - t0,
-            )
-            if logged:
-                if metrics is not None:
-                    metrics.write(entry)
-                if writer is not None:
-                    writer.add_scalar("loss", entry.loss, step)
-                    writer.add_scalar("lr", entry.lr, step)
-            if on_step is not None and dist.is_main:
-                try:
-                    on_step(entry)
-                except KeyboardInterrupt:  # a callback's interrupt: the same as Ctrl-C
-                    stop.request(signal.SIGINT)
-            if stop.agreed(dist, device):
-                raise KeyboardInterrupt
-            if step % tc.checkpoint_every == 0 or step == tc.max_steps or out_of_time:
-                last_checkpoint = checkpoint_now() or last_checkpoint
-            last = step == tc.max_steps or out_of_time
-            if tc.preview_every and (step % tc.preview_every == 0 or last) and dist.is_main:
-                write_preview(ema.module, schedule, cfg, step, run_dir, spacing, device, precision)
-                model.train()
-            if out_of_time:
-                log(f"Stopped at step {step}: train.max_minutes={tc.max_minutes:g} reached")
-                break
-    except KeyboardInterrupt:
-        if stop.forced:
-            raise
-        last_checkpoint = checkpoint_now() or last_checkpoint
-        by = " (SIGTERM)" if stop.signal == signal.SIGTERM else ""
-        log(
-            f"Interrupted at step {step}{by}; checkpoint saved in {last_checkpoint}. "
-            f"Continue with: medddpm train {data_dir} --output {run_dir} --resume"
-        )
-        by_signal = stop.signal or signal.SIGINT  # None: another process's signal, or a KeyboardInterrupt
-        return TrainResult(run_dir, step, last_checkpoint, interrupted=True, signal=by_signal)
-    finally:
-        stop.stop_listening()
-        if writer is not None:
-            writer.close()
-    return TrainResult(run_dir, step, last_checkpoint)
-
-
-class StopRequest:
-    """Ctrl-C (SIGINT) or SIGTERM (what a batch scheduler such as SLURM sends before it kills a job,
-    and what ``kill`` sends) while training. The first one asks to stop once the current step is
-    done; every process then stops after the same step, so the checkpoint written on the way out
-    is consistent (under torchrun, which passes signals on to each process, one can arrive in the
-    middle of a step or of a collective). A second one stops at once, without a checkpoint.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self.forced = False
-        self._previous: dict[int, object] = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.signal is not None
-
-    def request(self, signum: int) -> None:
-        if self.signal is None:
-            self.signal = signum
-
-    def listen(self) -> None:
-        for signum in self.SIGNALS:
-            try:
-                self._previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread: signals keep Python's own behaviour
-                break
-
-    def stop_listening(self) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-        self._previous = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            self.forced = True
-            raise KeyboardInterrupt
-        self.request(signum)
-
-    def agreed(self, dist: Distributed, device: torch.device) -> bool:
-        """Whether any process was asked to stop; a collective under torchrun, so all answer alike."""
-        if not dist.enabled:
-            return self.requested
-        flag = torch.tensor([float(self.requested)], device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
-
-
-def _out_of_time(max_minutes: float | None, seconds: float, dist: Distributed, device: torch.device) -> bool:
-    """Whether the time budget is spent; under torchrun rank 0's clock decides for every rank."""
-    if max_minutes is None:
-        return False
-    spent = torch.tensor([float(seconds >= max_minutes * 60)], device=device)
-    if dist.enabled:
-        torch.distributed.broadcast(spent, src=0)
-    return bool(spent.item())
-
-
-def _tensorboard(run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise InputError(
-            "train.tensorboard=true needs the tensorboard package: pip install tensorboard"
-        ) from None
-    return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-@torch.no_grad()
-def write_preview(
-    model: torch.nn.Module,
-    schedule: NoiseSchedule,
-    cfg: Config,
-    step: int,
-    run_dir: Path,
-    spacing: tuple[float, float, float],
-    device: torch.device,
-    precision: str,
-) -> Path:
-    """previews/step-N.png: mid-slices of ``train.preview_num`` EMA samples (short DDIM, fixed seeds)."""
-    from medddpm.diffusion.generate import generate
-    from medddpm.preview import save_montage
-
-    model.eval()
-    seeds = list(range(cfg.train.preview_num))
-    volumes = generate(
-        model,
-        schedule,
-        cfg.data.image_size,
-        seeds,
-        "ddim",
-        cfg.train.preview_steps,
-        device=device,
-        precision=precision,
-    )
-    path = run_dir / "previews" / f"step-{step:08d}.png"
-    save_montage(
-        [v[0].cpu().numpy() for v in volumes],
-        path,
-        spacing=spacing,
-        titles=[f"seed {s}" for s in seeds],
-        value_range=(-1.0, 1.0),
-        suptitle=f"EMA samples at step {step} (DDIM, {cfg.train.preview_steps} steps)",
-    )
-    return path
-
-
-def read_dataset_json(run_dir: Path) -> dict:
-    path = run_dir / "dataset.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"cannot read dataset.json ({e})", path) from None
 
 
 __all__ = ["train", "TrainResult", "StepLog", "Distributed"]

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from medddpm.config import build_config
 from medddpm.errors import InputError, TrainingAborted
 from medddpm.training.checkpoint import list_checkpoints, open_checkpoint, resolve_checkpoint
-from medddpm.training.loop import batch_indices, lr_lambda, train
+from medddpm.training.loop import batch_indices, train
 from tests.conftest import write_nifti
 
 
@@ -137,9 +137,3 @@ def test_batches_cover_each_epoch_once():
     seen = [i for b in range(5) for i in batch_indices(b * 2, 2, 10, seed=3)]
     assert sorted(seen) == list(range(10))
     assert batch_indices(0, 2, 10, seed=3) != batch_indices(0, 2, 10, seed=4)
-
-
-def test_lr_warmup_then_cosine():
-    f = lr_lambda(10, 110, 0.1)
-    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
-    assert f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1)

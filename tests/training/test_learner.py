@@ -1,0 +1,154 @@
+"""The learner and its resume contract: Learner.state_dict() / load_state_dict(), TrainingState, files."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medddpm.config import build_config
+from medddpm.diffusion.schedule import NoiseSchedule
+from medddpm.errors import InputError
+from medddpm.runtime import Distributed, seed_everything, torch_threads
+from medddpm.training.checkpoint import FILES, STATE_FILES, open_checkpoint, save_checkpoint
+from medddpm.training.learner import (
+    Learner,
+    TrainingState,
+    build_learner,
+    lr_lambda,
+    read_learner_state,
+)
+from medddpm.training.loop import train_step
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The same kernels (and rounding) for the learners compared bit for bit."""
+    with torch_threads(1):
+        yield
+
+
+def tiny(*overrides: str):
+    return build_config("tiny", ["train.max_steps=10", *overrides])
+
+
+def toy_dataset(n: int = 4) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    return [{"image": torch.rand(1, 16, 16, 16, generator=g) * 2 - 1} for _ in range(n)]
+
+
+def learner_for(cfg, seed: int) -> Learner:
+    seed_everything(seed)
+    return build_learner(cfg, CPU, "fp32", Distributed())
+
+
+def step(learner: Learner, cfg, dataset) -> tuple[float, float]:
+    schedule = NoiseSchedule.from_config(cfg.diffusion)
+    loss, grad_norm = train_step(
+        learner, schedule, dataset, learner.samples_seen, cfg.train, Distributed(), CPU, "fp32"
+    )
+    learner.count_step(loss, grad_norm)
+    return loss, grad_norm
+
+
+def global_draws() -> tuple:
+    return torch.rand(4).tolist(), np.random.rand(4).tolist(), [random.random() for _ in range(4)]
+
+
+def assert_same_tensors(a, b, where: str = "") -> None:
+    """Equal nested dicts/lists of tensors and plain values, tensors bit for bit."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same_tensors(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_state_round_trips_through_a_checkpoint_into_a_fresh_learner(tmp_path: Path):
+    """Save after 2 steps, restore into a learner built from another seed: the same state tensors,
+    the same global random draws, and a third step identical bit for bit to the original's."""
+    cfg, dataset = tiny("train.grad_accum=2"), toy_dataset()
+    original = learner_for(cfg, seed=0)
+    for _ in range(2):
+        step(original, cfg, dataset)
+    path = save_checkpoint(tmp_path, original.step, original.state_dict(), {"config": cfg.to_dict()}, 2)
+    draws = global_draws()
+    loss = step(original, cfg, dataset)
+
+    restored = learner_for(cfg, seed=1)  # other initial weights and RNG states: all overwritten
+    restored.load_state_dict(read_learner_state(open_checkpoint(path), cfg))
+    assert (restored.step, restored.samples_seen, restored.skipped_nonfinite) == (2, 2 * 2 * 2, 0)
+    assert global_draws() == draws
+    assert step(restored, cfg, dataset) == loss
+    assert_same_tensors(original.state_dict(), restored.state_dict())  # weights, EMA, AdamW, counters
+
+
+def test_restored_state_matches_the_saved_tensors():
+    cfg, dataset = tiny(), toy_dataset()
+    original = learner_for(cfg, seed=0)
+    for _ in range(3):
+        step(original, cfg, dataset)
+    saved = original.state_dict()
+    fresh = learner_for(cfg, seed=5)
+    fresh.load_state_dict(saved)
+    restored = fresh.state_dict()
+    # The RNG states are read when state_dict() is called: the same, since nothing drew in between.
+    assert_same_tensors(saved, restored)
+    assert restored["training_state"]["scheduler"]["last_epoch"] == 3
+
+
+def test_resume_keys_are_defined_once(tiny_run: Path):
+    """training_state.pt holds exactly TrainingState's fields, in order; state_dict() keys are the
+    checkpoint's state files; a checkpoint folder is those files and meta.json."""
+    keys = [f.name for f in fields(TrainingState)]
+    checkpoint = tiny_run / "checkpoints" / "step-00000002"
+    on_disk = torch.load(checkpoint / "training_state.pt", weights_only=True)
+    assert list(on_disk) == keys
+    state = learner_for(tiny(), seed=0).state_dict()
+    assert list(state["training_state"]) == keys
+    assert list(state) == list(STATE_FILES)
+    assert sorted(p.name for p in checkpoint.iterdir()) == sorted(FILES)
+
+
+def test_checkpoints_without_samples_seen_imply_it_from_the_step():
+    cfg = tiny("train.batch_size=3", "train.grad_accum=2")
+    state = learner_for(cfg, seed=0).state_dict()
+    state["training_state"] = {**state["training_state"], "step": 5}
+    del state["training_state"]["samples_seen"]  # written before the field existed
+    learner = learner_for(cfg, seed=0)
+    learner.load_state_dict(state)
+    assert learner.samples_seen == 5 * 3 * 2
+
+
+def test_a_training_state_without_its_fields_is_refused(tmp_path: Path):
+    with pytest.raises(InputError, match=r"training_state.pt: training state lacks optimizer, scheduler"):
+        TrainingState.from_dict({"step": 2, "rng": {}}, tmp_path / "training_state.pt")
+    with pytest.raises(InputError, match="lacks step"):
+        TrainingState.from_dict([1, 2, 3])
+
+
+def test_count_step_counts_skipped_steps_and_stream_positions():
+    learner = learner_for(tiny("train.batch_size=2", "train.grad_accum=3"), seed=0)
+    assert learner.count_step(0.5, 1.0) is True
+    assert learner.count_step(float("nan"), 1.0) is False
+    assert learner.count_step(0.5, float("inf")) is False
+    assert (learner.step, learner.samples_seen, learner.skipped_nonfinite) == (3, 18, 2)
+
+
+def test_lr_warmup_then_cosine():
+    f = lr_lambda(10, 110, 0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1)
