@@ -397,7 +397,7 @@ def load_config(path: str | Path) -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the config as YAML atomically: a crash never leaves a half-written config.yaml to resume from."""
-    from medddpm.data.nifti import atomic_path
+    from medddpm.output_folder import atomic_path
 
     with atomic_path(Path(path)) as tmp:
         tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -125,7 +125,7 @@ def fake_stages(monkeypatch) -> dict[str, list[int]]:
     monkeypatch.setattr("medddpm.demo.make_cohort", cohort)
     monkeypatch.setattr("medddpm.training.loop.train", train)
     monkeypatch.setattr("medddpm.inference.sample_to_folder.sample_to_folder", sample)
-    monkeypatch.setattr("medddpm.evaluation.measure.evaluate", evaluate)
+    monkeypatch.setattr("medddpm.evaluation.evaluate.evaluate", evaluate)
     monkeypatch.setattr("medddpm.evaluation.report.summary_table", lambda metrics: "metrics table")
     return threads
 

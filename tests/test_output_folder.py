@@ -315,6 +315,7 @@ def test_a_run_folder_holds_only_what_run_folder_declares(tiny_run: Path):
 
 
 def test_samples_and_a_report_hold_only_what_their_tables_declare(tiny_run: Path, tmp_path: Path):
+    from medddpm.config import SampleConfig
     from medddpm.evaluation.evaluate import evaluate
     from medddpm.evaluation.measure import eval_config
     from medddpm.inference.sample_to_folder import sample_to_folder
@@ -324,7 +325,8 @@ def test_samples_and_a_report_hold_only_what_their_tables_declare(tiny_run: Path
     for i in range(2):
         write_nifti(tmp_path / "real" / f"r{i}.nii.gz", blob_volume(rng, (16, 16, 16)))
     with torch_threads(1):
-        samples = sample_to_folder(tiny_run, tmp_path / "samples", 2, steps=2, fmt="nii.gz")
+        settings = SampleConfig(steps=2, batch_size=2)
+        samples = sample_to_folder(tiny_run, tmp_path / "samples", 2, settings, fmt="nii.gz")
         cfg = eval_config(flags={"eval.max_pairs": 1})
         evaluate(tmp_path / "real", samples.out_dir, tmp_path / "report", cfg, save_features=True)
     written = {"samples": list(samples.out_dir.iterdir()), "report": list((tmp_path / "report").iterdir())}

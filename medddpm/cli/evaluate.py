@@ -9,7 +9,10 @@ import typer
 from rich.console import Console
 
 from medddpm.cli.options import (
+    ThreadsOpt,
     console,
+    cpu_threads,
+    print_message,
     startup_checks,
 )
 
@@ -42,16 +45,18 @@ def evaluate(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an earlier report in OUTPUT.")
     ] = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Compare synthetic scans with real ones: 3D FID, MMD, precision/recall, MS-SSIM; writes report.html."""
     startup_checks()
+    threads_used = cpu_threads(threads)  # --threads is checked before anything is read
     from medddpm.evaluation.evaluate import evaluate as run_evaluation
     from medddpm.evaluation.measure import eval_config
     from medddpm.evaluation.report import summary_table
 
     # the eval section: defaults, or the run's config.yaml, < these flags (as train merges its flags)
     flags = {"eval.features": features, "eval.max_pairs": max_pairs, "eval.seed": seed}
-    with console.status("Evaluating"):  # transient: an error stays one line
+    with threads_used, console.status("Evaluating"):  # transient: an error stays one line
         result = run_evaluation(
             real_dir,
             synth_dir,
@@ -62,7 +67,7 @@ def evaluate(
             device=device,
             save_features=save_features,
             overwrite=overwrite,
-            log=console.print,
+            log=print_message,
         )
     Console(highlight=False).print(summary_table(result.metrics))
     console.print(f"[green]Report:[/] {result.html}")

@@ -47,6 +47,20 @@ def print_message(message: str) -> None:
     console.print(text)
 
 
+def cpu_threads(threads: int | None):
+    """A context running its block with ``threads`` torch CPU threads (``--threads``); None keeps
+    torch's default, one per core."""
+    import contextlib
+
+    if threads is None:
+        return contextlib.nullcontext()
+    if threads < 1:
+        fail(f"--threads must be at least 1; got {threads}")
+    from medddpm.runtime import torch_threads
+
+    return torch_threads(threads)
+
+
 def startup_checks() -> None:
     """What every command checks first: a torch release known to break 3D work is refused."""
     from medddpm.runtime import check_torch_version

@@ -8,11 +8,12 @@ from typing import Annotated
 
 import click
 import typer
-from rich.text import Text
 from typer.core import TyperCommand
 
 from medddpm.cli.options import (
-    console,
+    ThreadsOpt,
+    cpu_threads,
+    print_message,
     startup_checks,
 )
 from medddpm.cli.progress import sampling_progress
@@ -70,6 +71,7 @@ def sample(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace the samples of another sampling run in OUTPUT.")
     ] = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Sample synthetic volumes from a trained checkpoint into NIfTI (or NRRD / MHA) files.
 
@@ -78,12 +80,13 @@ def sample(
     share (write -n N there: torchrun's own parser mistakes --num for its --numa-binding).
     """
     startup_checks()
+    threads_used = cpu_threads(threads)  # --threads is checked before anything is read
     from medddpm.inference.sample_to_folder import checkpoint_config, sample_to_folder
 
     # The checkpoint is resolved once, so its config and its weights come from the same folder.
     checkpoint_dir, cfg = checkpoint_config(run_dir, checkpoint)
     settings = cfg.sample.with_flags(sampler=sampler, steps=steps, eta=eta, batch_size=batch_size)
-    with sampling_progress() as (on_volumes, on_step):
+    with threads_used, sampling_progress() as (on_volumes, on_step):
         sample_to_folder(
             checkpoint_dir,
             output,
@@ -95,17 +98,7 @@ def sample(
             device=device,
             fmt=fmt,
             overwrite=overwrite,
-            log=_log,
+            log=print_message,
             on_volumes=on_volumes,
             on_step=on_step,
         )
-
-
-def _log(message: str) -> None:
-    """The library's plain-text lines, printed as text (a path with brackets is not markup), with a
-    leading "warning:" in yellow."""
-    head, sep, rest = message.partition("warning:")
-    if sep and not head:
-        console.print(Text.assemble(("warning:", "yellow"), rest))
-    else:
-        console.print(Text(message))

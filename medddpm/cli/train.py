@@ -12,9 +12,12 @@ from medddpm.cli.options import (
     DeviceOpt,
     PrecisionOpt,
     SetOpt,
+    ThreadsOpt,
     console,
+    cpu_threads,
     fail,
     is_main_process,
+    print_message,
     startup_checks,
 )
 from medddpm.cli.progress import training_progress
@@ -53,9 +56,11 @@ def train(
         bool,
         typer.Option("--dry-run", help="Show config, data, model size and memory estimate; train nothing."),
     ] = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Train a 3D DDPM on a folder of NIfTI scans."""
     startup_checks()
+    threads_used = cpu_threads(threads)  # --threads is checked before anything is read
     from medddpm.config import build_config, resolve_config_path
 
     if resume and config is None and (output / "config.yaml").is_file():
@@ -84,7 +89,7 @@ def train(
 
     from medddpm.training.loop import train as run_training
 
-    with training_progress(enabled=is_main_process()) as on_step:
+    with threads_used, training_progress(enabled=is_main_process()) as on_step:
         result = run_training(
             cfg,
             data_dir,
@@ -92,7 +97,7 @@ def train(
             resume=resume,
             overwrite=overwrite,
             skip_invalid=skip_invalid,
-            log=console.print,
+            log=print_message,
             on_step=on_step,
         )
     if result.interrupted:

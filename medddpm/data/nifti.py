@@ -8,12 +8,8 @@ centre, in both qform and sform (code 1, scanner), so nibabel, SimpleITK and vie
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import warnings
 import zlib
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,6 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from medddpm.errors import InputError
+from medddpm.output_folder import atomic_path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha")
@@ -168,23 +165,6 @@ def output_affine(spacing: tuple[float, float, float], shape: tuple[int, int, in
     affine = np.diag([*s, 1.0])
     affine[:3, 3] = -s * (np.asarray(shape, dtype=float) - 1) / 2
     return affine
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
 
 
 def write_volume(

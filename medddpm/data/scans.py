@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medddpm.config import DataConfig
-from medddpm.data.nifti import ScanInfo, atomic_path, is_nifti, read_scan
+from medddpm.data.nifti import ScanInfo, is_nifti, read_scan
 from medddpm.data.transforms import IntensityMapping
 from medddpm.errors import InputError
+from medddpm.output_folder import atomic_path
 
 
 def discover_scans(data_dir: str | Path) -> list[Path]:

@@ -17,14 +17,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from medddpm.diffusion.noise import RandomSource, randint, randn
 
-if TYPE_CHECKING:  # medddpm.config imports the sampler registry, so this module must not import it
-    from medddpm.config import DiffusionConfig
+
+class ScheduleSettings(Protocol):
+    """What a schedule is built from: medddpm.config.DiffusionConfig has these fields. (The config
+    reads the sampler registry, so the diffusion package sits below it and never imports it.)"""
+
+    schedule: str
+    num_train_timesteps: int
+    beta_start: float
+    beta_end: float
+    prediction: str
 
 
 def append_dims(x: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -54,7 +62,7 @@ class NoiseSchedule:
     prediction: str = "eps"
 
     @classmethod
-    def from_config(cls, cfg: DiffusionConfig) -> NoiseSchedule:
+    def from_config(cls, cfg: ScheduleSettings) -> NoiseSchedule:
         if cfg.schedule == "linear":
             betas = linear_betas(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)
         else:

@@ -40,11 +40,12 @@ import numpy as np
 import torch
 
 from medddpm.config import Config, Device, Precision, SampleConfig
-from medddpm.data.nifti import OUTPUT_FORMATS, atomic_path, write_volume
+from medddpm.data.nifti import OUTPUT_FORMATS, write_volume
 from medddpm.data.transforms import IntensityMapping
 from medddpm.diffusion.samplers import resolve_eta
 from medddpm.diffusion.schedule import NoiseSchedule
 from medddpm.errors import InputError
+from medddpm.output_folder import atomic_path
 from medddpm.runtime import (
     Distributed,
     check_conv3d_bf16,

@@ -182,10 +182,10 @@ def report_inputs(found: CheckedInputs, run_dir: Path, resume: bool, log: Callab
     elif resume:
         log(f"No complete checkpoint in {run_dir}: starting from step 0")
     for bad in found.scans.skipped:
-        log(f"[yellow]skipping[/] {bad['path']}: {bad['reason']}")
+        log(f"skipping {bad['path']}: {bad['reason']}")
     for scan in found.scans.valid:
         for warning in scan.warnings:
-            log(f"[yellow]warning:[/] {scan.path}: {warning}")
+            log(f"warning: {scan.path}: {warning}")
 
 
 def prepare_run_folder(
@@ -219,7 +219,7 @@ def start_learner(
     # bf16 on CUDA: one conv3d at the model's full-resolution size against fp32 (a cuDNN bug).
     bf16_warning = check_conv3d_bf16(device, precision, (1, cfg.model.channels[0], *cfg.data.image_size))
     if bf16_warning:
-        log(f"[yellow]warning:[/] {bf16_warning}")
+        log(f"warning: {bf16_warning}")
     seed_everything(cfg.train.seed)
     learner = build_learner(cfg, device, precision, compute.dist)
     if resume_state is not None:

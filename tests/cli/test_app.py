@@ -82,3 +82,28 @@ def test_train_then_resume_through_cli(scan_dir: Path, tmp_path: Path, capsys):
     assert code == 2 and "--resume" in err
     code, _, err = run_cli(["train", str(scan_dir), "--output", run, "--resume", "--max-steps", "3"], capsys)
     assert code == 0 and "Resuming" in err and "step 3" in err
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "evaluate"])
+def test_threads_below_one_is_a_one_line_error(command: str, tmp_path: Path, capsys):
+    args = {
+        "train": ["train", str(tmp_path), "-o", str(tmp_path / "run")],
+        "sample": ["sample", str(tmp_path), "-o", str(tmp_path / "out"), "-n", "1"],
+        "evaluate": ["evaluate", str(tmp_path), str(tmp_path), "-o", str(tmp_path / "report")],
+    }[command]
+    code, _, err = run_cli([*args, "--threads", "0"], capsys)
+    assert code == 2
+    assert err.strip().splitlines() == ["error: --threads must be at least 1; got 0"]
+
+
+def test_threads_sets_torch_threads_for_the_block_only():
+    import torch
+
+    from medddpm.cli.options import cpu_threads
+
+    before = torch.get_num_threads()
+    with cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with cpu_threads(None):
+        assert torch.get_num_threads() == before
