@@ -89,12 +89,6 @@ def build_dataset(
     )
 
 
-def load_volumes(cfg: DataConfig, files: Sequence[Path | str]) -> torch.Tensor:
-    """All ``files`` through the training transforms, stacked: [N, 1, D, H, W] in [-1, 1]."""
-    transforms = build_transforms(cfg)
-    return torch.stack([transforms({"image": str(f)})["image"] for f in files])
-
-
 # ---------------------------------------------------------------------------------------------
 # Intensity units of outputs
 

@@ -311,9 +311,8 @@ def parallel_map(
     """``[fn(x) for x in items]`` on ``workers`` Python threads, each running torch on ``threads_each``.
 
     Why: on a small or busy CPU, one stream whose OpenMP threads wait on each other wastes most of
-    its time. Measured on 2 shared cores (load ~9): MS-SSIM on two sets took 2.3x less wall and CPU
-    time as two single-threaded streams than as one two-threaded stream; resnet10 features ~10% less
-    CPU time, with identical results. torch releases the GIL inside its kernels, as nibabel's zlib
+    its time; single-threaded streams side by side give identical results in less wall and CPU time
+    (benchmarks/RESULTS.md, "evaluate"). torch releases the GIL inside its kernels, as nibabel's zlib
     does while decompressing. Exceptions surface in item order.
     """
     if workers <= 1 or len(items) <= 1:
@@ -336,7 +335,7 @@ def feature_metrics(real: np.ndarray, synth: np.ndarray, nearest_k: int) -> dict
         # scipy warns that sqrtm of a singular product may be inaccurate; with N <= F it always is
         # singular, and the report says so (fid_covariance_rank_deficient) instead.
         # One BLAS thread: at F = 512 threads gain little, and on a busy machine OpenBLAS threads
-        # waiting on each other made sqrtm 8-10x slower (1 s -> 9-12 s measured on 2 shared cores).
+        # waiting on each other slow sqrtm several-fold (benchmarks/RESULTS.md, "evaluate").
         warnings.simplefilter("ignore", linalg.LinAlgWarning)
         fid = fid_from_features(real, synth)
     out: dict[str, Any] = {

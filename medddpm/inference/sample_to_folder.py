@@ -64,8 +64,6 @@ PREVIEW_MAX = 8
 """Samples shown in preview.png (one row each)."""
 RECIPE_KEYS = ("sha256", "weights", "sampler", "steps", "eta", "seed", "precision", "format")
 """What must match for a folder to be resumed: anything that changes the voxels or the files."""
-_OUTPUT_FILE = re.compile(r"^sample_\d+\.(nii\.gz|nii|nrrd|mha)$")
-_TEMP_FILE = re.compile(r"^\.(sample_\d+|manifest|preview)-.+")
 
 
 def _no_log(message: str) -> None:

@@ -205,11 +205,6 @@ class MeasuredStep:
     seconds: float  # mean wall time of the measured steps
     method: str
 
-    @property
-    def growth_gib(self) -> float:
-        """What the step adds to the state at its peak: activations, gradients, temporaries."""
-        return self.peak_gib - self.state_gib
-
 
 def _resident_bytes() -> tuple[int, int]:
     """(VmRSS, VmHWM) of this process, in bytes (Linux)."""

@@ -57,8 +57,6 @@ from medddpm.training.learner import Learner, build_learner, read_learner_state
 from medddpm.training.monitor import RunRecords, StepLog, write_preview
 from medddpm.training.stopping import StopRequest, out_of_time
 
-RUN_FILES = ("checkpoints", "previews", "metrics.csv", "config.yaml", "dataset.json", "cache", "tensorboard")
-
 
 @dataclass
 class TrainResult:
