@@ -21,6 +21,7 @@ May import: ``errors``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -174,7 +175,8 @@ def prepare_output(folder: Path, outputs: Outputs, *, clear: bool) -> None:
 # 3. Publishing atomically
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """Flush a file's or a folder's contents (a folder: its entries, i.e. renames) to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -193,11 +195,20 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        _fsync(tmp_path)
+        fsync(tmp_path)
         os.replace(tmp_path, path)
-        _fsync(path.parent)
+        fsync(path.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file's bytes (hex), read in 1 MiB chunks: how manifests and reports name weights."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _sibling_temporaries(final: Path) -> list[Path]:
@@ -227,8 +238,8 @@ def publish_folder(tmp: Path, final: Path) -> None:
     """
     for path in sorted(tmp.rglob("*"), reverse=True):  # files first, then the folders holding them
         if not path.is_symlink():
-            _fsync(path)
-    _fsync(tmp)
+            fsync(path)
+    fsync(tmp)
     if final.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{final.name}-old-", dir=final.parent))
         os.replace(final, old)
@@ -236,7 +247,7 @@ def publish_folder(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync(final.parent)
+    fsync(final.parent)
     for leftover in _sibling_temporaries(final):
         shutil.rmtree(leftover, ignore_errors=True)
 

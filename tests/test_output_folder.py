@@ -221,8 +221,8 @@ def test_publish_folder_fsyncs_everything_then_replaces_the_earlier_folder(tmp_p
     (tmp / "metrics.json").write_text("{}")
 
     events = []
-    real_fsync, real_replace = output_folder._fsync, os.replace
-    monkeypatch.setattr(output_folder, "_fsync", lambda p: events.append(("fsync", Path(p))) or real_fsync(p))
+    real_fsync, real_replace = output_folder.fsync, os.replace
+    monkeypatch.setattr(output_folder, "fsync", lambda p: events.append(("fsync", Path(p))) or real_fsync(p))
     monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", Path(b))) or real_replace(a, b))
     publish_folder(tmp, final)
 

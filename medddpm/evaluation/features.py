@@ -29,7 +29,6 @@ Weights files a user hands in are never unpickled as arbitrary objects: torch fi
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import warnings
 from collections.abc import Callable
@@ -42,6 +41,7 @@ import torch
 from monai.networks.nets import resnet10, resnet18, resnet34, resnet50
 
 from medddpm.errors import InputError
+from medddpm.output_folder import sha256_of
 
 FeatureNetName = Literal["resnet10", "resnet18", "resnet34", "resnet50"]
 
@@ -133,14 +133,6 @@ class FeatureExtractor:
         if not out:
             return np.zeros((0, self.feature_dim))
         return torch.cat(out).numpy()
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:

@@ -26,7 +26,6 @@ sampling writes (samples, manifest, preview) before starting again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -45,7 +44,7 @@ from medddpm.data.transforms import IntensityMapping
 from medddpm.diffusion.samplers import resolve_eta
 from medddpm.diffusion.schedule import NoiseSchedule
 from medddpm.errors import InputError
-from medddpm.output_folder import atomic_path
+from medddpm.output_folder import atomic_path, sha256_of
 from medddpm.runtime import (
     Distributed,
     check_conv3d_bf16,
@@ -83,14 +82,6 @@ def shard(indices: list[int], rank: int, world_size: int) -> list[int]:
 def missing_samples(out_dir: Path, num: int, fmt: str) -> list[int]:
     """Indices 0 .. num-1 with no file in ``out_dir`` yet (every process's share)."""
     return [i for i in range(num) if not (Path(out_dir) / sample_name(i, fmt)).exists()]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -221,7 +212,7 @@ def _plan(
     plan = _Plan(
         checkpoint=ckpt,
         weights_file=weights_file,
-        sha256=file_sha256(weights_file),
+        sha256=sha256_of(weights_file),
         model=model,
         schedule=NoiseSchedule.from_config(cfg.diffusion),
         settings=settings,

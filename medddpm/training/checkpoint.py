@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from medddpm.config import Config, config_from_dict
 from medddpm.errors import InputError
+from medddpm.output_folder import fsync
 
 CHECKPOINTS = "checkpoints"
 STATE_FILES = {"model": "model.safetensors", "ema": "ema.safetensors", "training_state": "training_state.pt"}
@@ -42,14 +43,6 @@ _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _plain_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -76,8 +69,8 @@ def save_checkpoint(
     torch.save(state["training_state"], tmp / STATE_FILES["training_state"])
     (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
     for name in FILES:
-        _fsync(tmp / name)
-    _fsync(tmp)
+        fsync(tmp / name)
+    fsync(tmp)
     if final.exists():  # the same step written again (a resumed run interrupted at once)
         old = root / f".old-{final.name}-{os.getpid()}"
         final.rename(old)
@@ -85,7 +78,7 @@ def save_checkpoint(
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(final)
-    _fsync(root)
+    fsync(root)
     for _, stale in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(stale, ignore_errors=True)
     # Leftovers of writes a crash interrupted (never renamed into place, so never complete).
