@@ -414,6 +414,63 @@ def _write_preview(plan: _Plan, out_dir: Path, num: int) -> None:
         )
 
 
+@dataclass
+class _VolumeCounter:
+    """This process's volumes written so far, reported to ``on_volumes(done, total)`` as they come."""
+
+    done: int
+    total: int
+    on_volumes: Callable[[int, int], None] | None
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.on_volumes is not None:
+            self.on_volumes(self.done, self.total)
+
+
+def _open_folder(
+    plan: _Plan, out_dir: Path, num: int, state: str, previous: dict[str, Any] | None, dist: Distributed
+) -> dict[int, dict[str, Any]]:
+    """Create (or clear, or resume) ``out_dir`` and write the "incomplete" manifest; the records of
+    samples 0 .. num-1 a resumed folder already holds."""
+    records: dict[int, dict[str, Any]] = {}
+    for r in (previous or {}).get("samples", []):
+        if isinstance(r, dict) and isinstance(r.get("index"), int) and 0 <= r["index"] < num:
+            records[r["index"]] = r
+    if dist.is_main:
+        _prepare_folder(out_dir, state)
+        _write_json(out_dir / MANIFEST, _manifest(plan, num, records, "incomplete", dist, None))
+    dist.barrier()
+    return records
+
+
+def _finish(
+    plan: _Plan,
+    out_dir: Path,
+    num: int,
+    records: dict[int, dict[str, Any]],
+    drawn: dict[int, dict[str, Any]],
+    wall: float,
+    dist: Distributed,
+) -> tuple[dict[int, dict[str, Any]], float]:
+    """Gather every process's records; rank 0 writes the "complete" manifest and preview.png.
+    Returns the records of the samples drawn by all processes and the slowest process's time."""
+    drawn_all: dict[int, dict[str, Any]] = {}
+    for part in _gather(dist, drawn):
+        drawn_all.update(part)
+    wall = max(_gather(dist, wall))
+    records.update(drawn_all)
+    for i in range(num):
+        records.setdefault(
+            i, {"index": i, "file": sample_name(i, plan.fmt), "seed": plan.seed + i, "seconds": None}
+        )
+    if dist.is_main:
+        _write_json(out_dir / MANIFEST, _manifest(plan, num, records, "complete", dist, round(wall, 3)))
+        _write_preview(plan, out_dir, num)
+    dist.barrier()
+    return drawn_all, wall
+
+
 def sample_to_folder(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -462,14 +519,7 @@ def sample_to_folder(
             log(f"warning: {bf16_warning}")
 
         # 2. The folder: created, cleared for --overwrite, or resumed (keeping earlier records).
-        records: dict[int, dict[str, Any]] = {}
-        for r in (previous or {}).get("samples", []):
-            if isinstance(r, dict) and isinstance(r.get("index"), int) and 0 <= r["index"] < num:
-                records[r["index"]] = r
-        if dist.is_main:
-            _prepare_folder(out_dir, state)
-            _write_json(out_dir / MANIFEST, _manifest(plan, num, records, "incomplete", dist, None))
-        dist.barrier()
+        records = _open_folder(plan, out_dir, num, state, previous, dist)
         missing = missing_samples(out_dir, num, plan.fmt)
         if state == "resume":
             log(f"Resuming {out_dir}: {num - len(missing)} of {num} samples are there")
@@ -483,38 +533,19 @@ def sample_to_folder(
         # 3. This process's share of the missing samples.
         mine = shard(list(range(num)), dist.rank, dist.world_size)
         todo = shard(missing, dist.rank, dist.world_size)
-        done = len(mine) - len(todo)
-
-        def on_written(n: int) -> None:
-            nonlocal done
-            done += n
-            if on_volumes is not None:
-                on_volumes(done, len(mine))
-
-        on_written(0)
+        counter = _VolumeCounter(done=len(mine) - len(todo), total=len(mine), on_volumes=on_volumes)
+        counter.add(0)
         t_start = time.perf_counter()
-        drawn = _draw(plan, out_dir, todo, on_written, on_step)
+        drawn = _draw(plan, out_dir, todo, counter.add, on_step)
         wall = time.perf_counter() - t_start
 
         # 4. One manifest and one preview, by rank 0, once every rank has written its files.
-        drawn_all: dict[int, dict[str, Any]] = {}
-        for part in _gather(dist, drawn):
-            drawn_all.update(part)
-        wall = max(_gather(dist, wall))
-        records.update(drawn_all)
-        for i in range(num):
-            records.setdefault(
-                i, {"index": i, "file": sample_name(i, plan.fmt), "seed": seed + i, "seconds": None}
-            )
-        seconds = [r["seconds"] for r in drawn_all.values()]
-        per_volume = sum(seconds) / len(seconds) if seconds else None
-        if dist.is_main:
-            _write_json(out_dir / MANIFEST, _manifest(plan, num, records, "complete", dist, round(wall, 3)))
-            _write_preview(plan, out_dir, num)
-        dist.barrier()
+        drawn_all, wall = _finish(plan, out_dir, num, records, drawn, wall, dist)
     finally:
         if owns_group and dist.enabled:
             shutdown_distributed()
+    seconds = [r["seconds"] for r in drawn_all.values()]
+    per_volume = sum(seconds) / len(seconds) if seconds else None
     kept = num - len(drawn_all)
     speed = "" if per_volume is None else f", {per_volume:.2f} s per volume"
     log(f"Done: {num} samples in {out_dir} ({len(drawn_all)} drawn, {kept} already there{speed})")
