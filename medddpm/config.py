@@ -249,7 +249,7 @@ class SampleConfig(Section):
             key = str(first["loc"][0]) if first["loc"] else ""
             where = f"--{key.replace('_', '-')}" if key in given else f"sample.{key} of the checkpoint config"
             msg = first["msg"].removeprefix("Value error, ")
-            raise InputError(f"invalid value for {where}: {msg} (got {first.get('input')!r})") from None
+            raise InputError(f"invalid value for {where}: {_with_input(msg, first.get('input'))}") from None
 
 
 class EvalConfig(Section):
@@ -290,6 +290,11 @@ def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
+def _with_input(msg: str, value: Any) -> str:
+    """pydantic's message, with the offending value unless the message already names it."""
+    return msg if repr(value) in msg else f"{msg} (got {value!r})"
+
+
 def _explain(error: ValidationError, source: str) -> InputError:
     """Turn pydantic's report into one line that names the key and, for typos, the closest name."""
     first = error.errors()[0]
@@ -300,7 +305,7 @@ def _explain(error: ValidationError, source: str) -> InputError:
         return InputError(f"unknown config key '{key}'{hint}", source)
     msg = first["msg"].removeprefix("Value error, ")
     return InputError(
-        f"invalid value for '{key}': {msg} (got {first.get('input')!r})" if key else msg, source
+        f"invalid value for '{key}': {_with_input(msg, first.get('input'))}" if key else msg, source
     )
 
 
