@@ -9,7 +9,7 @@ from nibabel.testing import data_path
 
 from medddpm.config import DataConfig
 from medddpm.data.scans import discover_scans, preflight, write_dataset_json
-from medddpm.data.transforms import IntensityMapping, build_dataset, build_transforms, output_spacing
+from medddpm.data.transforms import IntensityMapping, build_dataset, build_transforms, output_geometry
 from medddpm.errors import InputError
 from tests.conftest import write_nifti
 
@@ -118,9 +118,10 @@ def test_cached_dataset_and_dataset_json(scan_dir: Path, tmp_path: Path):
     disk = build_dataset(cfg.model_copy(update={"cache": "disk"}), files, tmp_path / "cache")
     torch.testing.assert_close(disk[2]["image"], ds[2]["image"])
     assert any((tmp_path / "cache").iterdir())
-    spacing = output_spacing(cfg, result.valid)
-    assert spacing == (2.0, 2.5, 3.0)
-    write_dataset_json(tmp_path / "dataset.json", cfg, result, scan_dir, spacing)
+    geometry = output_geometry(cfg, result.valid)
+    assert geometry.spacing == (2.0, 2.5, 3.0) and geometry.warning() is None
+    write_dataset_json(tmp_path / "dataset.json", cfg, result, scan_dir, geometry)
     record = json.loads((tmp_path / "dataset.json").read_text())
     assert record["n_used"] == 4 and record["output_spacing"] == [2.0, 2.5, 3.0]
+    assert all(f["learnt_spacing"] == [2.0, 2.5, 3.0] for f in record["files"])
     assert record["files"][0]["axcodes"] == "RAS" and record["intensity"]["modality"] == "mri"
