@@ -188,6 +188,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
         cfg = tiny(f"model.gradient_checkpointing={str(checkpointing).lower()}")
         torch.manual_seed(0)
         model = build_unet(cfg.model)
+        assert type(model.middle_block).__name__.startswith("Checkpointed") == checkpointing
         loss = diffusion_loss(
             model, NoiseSchedule.from_config(cfg.diffusion), x0, torch.Generator().manual_seed(3)
         )
