@@ -68,7 +68,7 @@ class DataConfig(Section):
     foreground_crop: bool = False
     """Crop to the bounding box of voxels above the minimum before fitting to image_size."""
     resize: Literal["pad_crop", "resize"] = "pad_crop"
-    """pad_crop keeps the voxel size (geometry stays true); resize interpolates to fit."""
+    """pad_crop keeps the voxel size (geometry stays true); resize interpolates (voxel = view / size)."""
     cache: Literal["memory", "disk"] = "memory"
     """memory: MONAI CacheDataset; disk: PersistentDataset under RUN_DIR/cache for large cohorts."""
     num_workers: int = 0

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from medddpm.config import Config
 from medddpm.data.scans import discover_scans, preflight
-from medddpm.data.transforms import output_spacing
+from medddpm.data.transforms import output_geometry
 from medddpm.models.memory import estimate_memory
 from medddpm.runtime import resolve_device, resolve_precision
 
@@ -31,11 +31,14 @@ def dry_run(cfg: Config, data_dir: Path, console: Console) -> None:
     if checked.valid:
         shapes = sorted({"x".join(map(str, s.shape)) for s in checked.valid})
         console.print(f"  shapes: {', '.join(shapes[:5])}{' ...' if len(shapes) > 5 else ''}")
-        spacing = output_spacing(cfg.data, checked.valid)
+        geometry = output_geometry(cfg.data, checked.valid)
         console.print(
             f"  trained at {'x'.join(map(str, cfg.data.image_size))} voxels, "
-            f"output spacing {' x '.join(f'{s:.3g}' for s in spacing)} mm (RAS)"
+            f"output spacing {' x '.join(f'{s:.3g}' for s in geometry.spacing)} mm (RAS)"
         )
+        mixed_scales = geometry.warning()
+        if mixed_scales is not None:
+            console.print(f"  [yellow]warning[/]: {mixed_scales}", markup=True, highlight=False)
 
     console.rule("model and memory")
     device = resolve_device(cfg.train.device)

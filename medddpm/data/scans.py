@@ -9,7 +9,7 @@ from pathlib import Path
 
 from medddpm.config import DataConfig
 from medddpm.data.nifti import ScanInfo, is_nifti, read_scan
-from medddpm.data.transforms import IntensityMapping
+from medddpm.data.transforms import IntensityMapping, OutputGeometry
 from medddpm.errors import InputError
 from medddpm.output_folder import atomic_path
 
@@ -69,17 +69,23 @@ def preflight(files: Sequence[Path], progress: Callable[[int, int], None] | None
 
 
 def write_dataset_json(
-    path: Path, cfg: DataConfig, result: Preflight, data_dir: Path, spacing: tuple[float, float, float]
+    path: Path, cfg: DataConfig, result: Preflight, data_dir: Path, geometry: OutputGeometry
 ) -> None:
-    """RUN_DIR/dataset.json: inputs used and skipped, and what sampling needs to write true geometry."""
+    """RUN_DIR/dataset.json: inputs used and skipped, and what sampling needs to write true geometry.
+
+    Each file records ``learnt_spacing``: the voxel size (mm, RAS) the model saw it at
+    (``medddpm.data.transforms.OutputGeometry``).
+    """
+    learnt = zip(result.valid, geometry.per_scan, strict=True)
+    files = [{**scan.to_dict(), "learnt_spacing": list(size)} for scan, size in learnt]
     record = {
         "data_dir": str(data_dir),
         "n_used": len(result.valid),
         "n_skipped": len(result.skipped),
-        "files": [s.to_dict() for s in result.valid],
+        "files": files,
         "skipped": result.skipped,
         "image_size": list(cfg.image_size),
-        "output_spacing": list(spacing),
+        "output_spacing": list(geometry.spacing),
         "orientation": "RAS",
         "intensity": {
             "modality": cfg.modality,

@@ -36,15 +36,76 @@ BACKGROUND = -1.0
 """Model-space value of air / background after intensity mapping; padding uses it too."""
 
 
-def output_spacing(cfg: DataConfig, scans: Sequence[ScanInfo]) -> tuple[float, float, float]:
-    """Voxel size of generated volumes: ``data.spacing`` if set, else the median of the inputs (RAS)."""
-    if cfg.spacing is not None:
-        return tuple(float(s) for s in cfg.spacing)
-    return tuple(float(statistics.median(s.spacing[i] for s in scans)) for i in range(3))
+RAS_AXIS = {"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}
+
+SPACING_TOLERANCE = 0.05
+"""Relative spread of the scans' learnt voxel sizes above which training warns (anatomy at mixed scales)."""
 
 
-def build_transforms(cfg: DataConfig) -> Compose:
-    """MONAI dictionary transforms on key "image": NIfTI path -> float32 tensor [1, D, H, W] in [-1, 1]."""
+@dataclass(frozen=True)
+class OutputGeometry:
+    """The voxel size generated volumes are written with, and the one each training scan was learnt at.
+
+    A scan is learnt at the voxel size it has when it reaches the model: with ``data.resize:
+    pad_crop`` that is ``data.spacing`` or its own voxel size; with ``resize`` it is the field of
+    view it reaches the resize step with, divided by ``data.image_size`` (so a 1 mm 256³ scan
+    resized to 64³ is learnt at 4 mm). Samples get ``data.spacing`` when pad_crop keeps it, else
+    the median of the scans' voxel sizes, axis by axis.
+    """
+
+    spacing: tuple[float, float, float]
+    per_scan: tuple[tuple[float, float, float], ...]
+
+    def spread(self) -> float:
+        """Largest relative difference between the scans' voxel sizes along one axis (0: all equal)."""
+        if not self.per_scan:
+            return 0.0
+        sizes = np.asarray(self.per_scan, dtype=float)
+        return float((sizes.max(axis=0) / sizes.min(axis=0) - 1.0).max())
+
+    def warning(self) -> str | None:
+        """A plain-text warning when the scans were learnt at voxel sizes that differ by over 5%."""
+        if self.spread() <= SPACING_TOLERANCE:
+            return None
+        sizes = np.asarray(self.per_scan, dtype=float)
+        ranges = " x ".join(f"{lo:.3g}-{hi:.3g}" for lo, hi in zip(sizes.min(0), sizes.max(0), strict=True))
+        return (
+            f"the training scans are learnt at voxel sizes from {ranges} mm (differing by up to "
+            f"{100 * self.spread():.0f}%), so the model sees anatomy at mixed scales and samples are "
+            f"written at the median; set data.spacing (with data.resize: pad_crop) to give every scan "
+            f"one voxel size"
+        )
+
+
+def output_geometry(cfg: DataConfig, scans: Sequence[ScanInfo]) -> OutputGeometry:
+    """The voxel size (mm, RAS) of generated volumes and of each training scan as the model learnt it.
+
+    With ``resize`` and ``foreground_crop`` or ``data.spacing``, each scan is read again through the
+    transforms that come before the resize step, to measure the field of view it reaches it with.
+    """
+    per_scan = tuple(_learnt_voxel_size(cfg, s) for s in scans)
+    if cfg.resize == "pad_crop" and cfg.spacing is not None:
+        spacing = tuple(float(s) for s in cfg.spacing)
+    else:
+        spacing = tuple(float(statistics.median(v[i] for v in per_scan)) for i in range(3))
+    return OutputGeometry(spacing, per_scan)
+
+
+def _learnt_voxel_size(cfg: DataConfig, scan: ScanInfo) -> tuple[float, float, float]:
+    if cfg.resize == "pad_crop":
+        return tuple(float(s) for s in (cfg.spacing if cfg.spacing is not None else scan.spacing))
+    if cfg.spacing is None and not cfg.foreground_crop:
+        shape = [0, 0, 0]  # the file's shape in RAS axis order
+        for n, code in zip(scan.shape, scan.axcodes, strict=True):
+            shape[RAS_AXIS[code]] = n
+        fov = np.asarray(shape, dtype=float) * np.asarray(scan.spacing, dtype=float)
+    else:
+        x = Compose(_steps_before_sizing(cfg))({"image": scan.path})["image"]
+        fov = np.asarray(x.shape[1:], dtype=float) * np.asarray(x.pixdim, dtype=float)
+    return tuple(float(f / n) for f, n in zip(fov, cfg.image_size, strict=True))
+
+
+def _steps_before_sizing(cfg: DataConfig) -> list:
     keys = ["image"]
     steps: list = [
         LoadImaged(keys, reader="NibabelReader", image_only=True),
@@ -63,6 +124,13 @@ def build_transforms(cfg: DataConfig) -> Compose:
         )
     if cfg.foreground_crop:
         steps.append(CropForegroundd(keys, source_key="image", select_fn=lambda x: x > BACKGROUND))
+    return steps
+
+
+def build_transforms(cfg: DataConfig) -> Compose:
+    """MONAI dictionary transforms on key "image": NIfTI path -> float32 tensor [1, D, H, W] in [-1, 1]."""
+    keys = ["image"]
+    steps = _steps_before_sizing(cfg)
     if cfg.resize == "resize":
         steps.append(Resized(keys, spatial_size=cfg.image_size, mode="trilinear"))
     else:

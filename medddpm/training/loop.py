@@ -36,7 +36,7 @@ import torch
 
 from medddpm.config import Config, TrainConfig, save_config
 from medddpm.data.scans import Preflight, discover_scans, preflight, write_dataset_json
-from medddpm.data.transforms import build_dataset, output_spacing
+from medddpm.data.transforms import OutputGeometry, build_dataset, output_geometry
 from medddpm.diffusion.noise import PerSampleGenerator
 from medddpm.diffusion.schedule import NoiseSchedule, diffusion_loss
 from medddpm.errors import InputError, TrainingAborted
@@ -133,8 +133,13 @@ class CheckedInputs:
     """What the checks found; the same on every process."""
 
     scans: Preflight
-    spacing: tuple[float, float, float]  # mm, of the training volumes (and of samples)
+    geometry: OutputGeometry  # voxel sizes the scans were learnt at, and the one samples get
     start: Checkpoint | None  # the checkpoint to resume from
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """mm, RAS: the voxel size samples are written with."""
+        return self.geometry.spacing
 
 
 def check_inputs(
@@ -166,11 +171,11 @@ def check_inputs(
             raise InputError(scans.error_report())
         if not scans.valid:
             raise InputError("no usable scans after preflight", data_dir)
-        spacing = output_spacing(cfg.data, scans.valid)
+        geometry = output_geometry(cfg.data, scans.valid)
     except InputError as e:
         failure = e
     dist.agree(failure, resume_from_step=None if start is None else start.step)
-    return CheckedInputs(scans, spacing, start), state
+    return CheckedInputs(scans, geometry, start), state
 
 
 def report_inputs(found: CheckedInputs, run_dir: Path, resume: bool, log: Callable[[str], None]) -> None:
@@ -184,6 +189,9 @@ def report_inputs(found: CheckedInputs, run_dir: Path, resume: bool, log: Callab
     for scan in found.scans.valid:
         for warning in scan.warnings:
             log(f"warning: {scan.path}: {warning}")
+    mixed_scales = found.geometry.warning()
+    if mixed_scales is not None:
+        log(f"warning: {mixed_scales}")
 
 
 def prepare_run_folder(
@@ -202,7 +210,7 @@ def prepare_run_folder(
     if dist.is_main:
         prepare_run_dir(run_dir, resume, overwrite)
         save_config(cfg, run_dir / "config.yaml")
-        write_dataset_json(run_dir / "dataset.json", cfg.data, found.scans, data_dir, found.spacing)
+        write_dataset_json(run_dir / "dataset.json", cfg.data, found.scans, data_dir, found.geometry)
     dist.barrier()
     return build_dataset(
         cfg.data, [s.path for s in found.scans.valid], run_dir / "cache", cfg.data.num_workers

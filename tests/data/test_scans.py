@@ -9,7 +9,7 @@ from nibabel.testing import data_path
 
 from medddpm.config import DataConfig
 from medddpm.data.scans import discover_scans, preflight, write_dataset_json
-from medddpm.data.transforms import IntensityMapping, build_dataset, build_transforms, output_spacing
+from medddpm.data.transforms import IntensityMapping, build_dataset, build_transforms, output_geometry
 from medddpm.errors import InputError
 from tests.conftest import write_nifti
 
@@ -81,6 +81,33 @@ def test_mri_percentiles_map_to_unit_range(tmp_path: Path):
     assert out.min() >= 0 and out.max() <= 1
 
 
+@pytest.mark.parametrize(("model_value", "hu"), [(-1.0, -500.0), (0.0, 100.0), (1.0, 700.0)])
+def test_asymmetric_ct_window_maps_both_ways(tmp_path: Path, model_value: float, hu: float):
+    """Window -500..700 HU (centre 100, not 0): the ends and the centre map to -1, 0, 1 and back."""
+    cfg = DataConfig(modality="ct", image_size=8, a_min=-500, a_max=700)
+    mapping = IntensityMapping.from_config(cfg)
+    assert mapping.to_output(np.array([model_value]))[0] == pytest.approx(hu)
+    volume = np.full((8, 8, 8), hu, np.float32)
+    volume[0, 0, 0], volume[0, 0, 1] = -1000.0, 1500.0  # outside the window: clipped to its ends
+    x = build_transforms(cfg)({"image": str(write_nifti(tmp_path / "ct.nii.gz", volume))})["image"][0]
+    assert float(x[1, 1, 1]) == pytest.approx(model_value, abs=1e-6)
+    assert (float(x[0, 0, 0]), float(x[0, 0, 1])) == (-1.0, 1.0)
+    np.testing.assert_allclose(mapping.to_output(x)[1:], hu, atol=1e-3)
+
+
+def test_mri_mapping_values_follow_the_scans_percentiles(tmp_path: Path):
+    """Each voxel v is written as (v - p0.5) / (p99.5 - p0.5) of its scan, clipped to [0, 1]."""
+    data = np.random.default_rng(1).gamma(2.0, 50.0, (12, 12, 12)).astype(np.float32) + 30.0
+    path = write_nifti(tmp_path / "mri.nii.gz", data, spacing=(1, 1, 1))
+    cfg = DataConfig(image_size=12)
+    x = build_transforms(cfg)({"image": str(path)})["image"][0].numpy()
+    out = IntensityMapping.from_config(cfg).to_output(x)
+    lo, hi = np.percentile(data, [0.5, 99.5])
+    expected = np.clip((data - lo) / (hi - lo), 0, 1)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    assert 0.05 < float(np.median(out)) < 0.5  # not only the clipped ends: the bulk keeps its values
+
+
 def test_pad_value_is_background(tmp_path: Path):
     path = write_nifti(
         tmp_path / "v.nii.gz", np.random.rand(8, 8, 8).astype(np.float32) + 1, spacing=(1, 1, 1)
@@ -118,9 +145,10 @@ def test_cached_dataset_and_dataset_json(scan_dir: Path, tmp_path: Path):
     disk = build_dataset(cfg.model_copy(update={"cache": "disk"}), files, tmp_path / "cache")
     torch.testing.assert_close(disk[2]["image"], ds[2]["image"])
     assert any((tmp_path / "cache").iterdir())
-    spacing = output_spacing(cfg, result.valid)
-    assert spacing == (2.0, 2.5, 3.0)
-    write_dataset_json(tmp_path / "dataset.json", cfg, result, scan_dir, spacing)
+    geometry = output_geometry(cfg, result.valid)
+    assert geometry.spacing == (2.0, 2.5, 3.0) and geometry.warning() is None
+    write_dataset_json(tmp_path / "dataset.json", cfg, result, scan_dir, geometry)
     record = json.loads((tmp_path / "dataset.json").read_text())
     assert record["n_used"] == 4 and record["output_spacing"] == [2.0, 2.5, 3.0]
+    assert all(f["learnt_spacing"] == [2.0, 2.5, 3.0] for f in record["files"])
     assert record["files"][0]["axcodes"] == "RAS" and record["intensity"]["modality"] == "mri"
