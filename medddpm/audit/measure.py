@@ -279,7 +279,7 @@ def measure_audit(
             },
             "mirrored": settings.mirror,
             "ssim": {
-                "implementation": "monai.metrics.SSIMMetric",
+                "implementation": "monai.metrics.SSIMMetric's formula, separable Gaussian window",
                 "kernel_size": ssim_kernel(training.shape[2:]),
                 "kernel_sigma": 1.5,
                 "data_range": 1.0,

@@ -111,3 +111,16 @@ def test_nearest_by_cosine_matches_a_brute_force_search():
     brute = np.array([[a @ b / np.linalg.norm(a) / np.linalg.norm(b) for b in t] for a in q])
     np.testing.assert_array_equal(index, brute.argmax(1))
     np.testing.assert_allclose(cosine, brute.max(1))
+
+
+@pytest.mark.parametrize("win_size", [3, 7, 11])
+def test_separable_ssim_equals_monai_ssim_metric(win_size: int):
+    from monai.metrics import SSIMMetric
+
+    from medddpm.audit.neighbours import ssim
+
+    x = _volumes(3, 8, shape=(16, 14, 12))
+    y = (x * 0.7 + _volumes(3, 9, shape=(16, 14, 12)) * 0.3).clamp(0, 1)
+    monai = SSIMMetric(spatial_dims=3, data_range=1.0, win_size=win_size, kernel_sigma=1.5, reduction="none")
+    expected = monai(y_pred=x, y=y).reshape(-1)
+    torch.testing.assert_close(ssim(x, y, win_size), expected, atol=2e-6, rtol=1e-5)
