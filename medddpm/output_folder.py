@@ -1,4 +1,4 @@
-"""The output-folder policy of every command that writes a folder: train, sample, evaluate, demo.
+"""The output-folder policy of every command that writes a folder: train, sample, evaluate, audit, demo.
 
 1. Check, before any work and writing nothing (``check_output``): the path is a folder or does not
    exist yet, does not lie inside a file, can be written (``os.access`` on the nearest folder that
@@ -293,6 +293,14 @@ REPORT_FOLDER = Outputs(
     whole=True,  # built in temporary_folder, then publish_folder: its temporaries lie beside it
 )
 """``medddpm evaluate``: REPORT_DIR."""
+
+AUDIT_FOLDER = Outputs(
+    noun="audit folder",
+    remedy="pass --overwrite to replace the earlier audit, or choose another --output",
+    files=(r"audit\.json", r"report\.html", r".+\.png"),
+    whole=True,  # built in temporary_folder, then publish_folder: its temporaries lie beside it
+)
+"""``medddpm audit``: AUDIT_DIR."""
 
 DEMO_FOLDER = Outputs(
     noun="demo folder",

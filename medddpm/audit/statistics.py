@@ -1,0 +1,143 @@
+"""The audit's statistics, as pure functions on similarities.
+
+The held-out baseline. Held-out scans come from the training distribution but were never trained on:
+how close they come to their nearest training scan is how close a model that generalises perfectly
+comes. So:
+
+1. Threshold: the ``quantile`` (default 0.95) of the held-out scans' nearest-training correlations.
+2. Flag each synthetic volume closer than that to its nearest training scan. A model that samples the
+   training distribution without copying flags about 1 - quantile of its volumes (5%).
+3. The flagged share with a 95% interval for a binomial proportion (Wilson, or Clopper-Pearson; scipy's
+   ``binomtest``), and Mann-Whitney U (scipy): are synthetic volumes closer than held-out ones overall?
+4. Verdict (VERDICTS): memorisation suspected when the whole interval lies above 1 - quantile.
+
+Authenticity (Alaa et al. 2022, "How faithful is your synthetic data?", section 3.3, as synthcity
+computes it): a synthetic volume is unauthentic when it is closer to its nearest training volume t*
+than t*'s own nearest other training volume is to t*; the score is the authentic share (1 for a model
+that never copies, 0 for one that only copies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+INTERVALS = {"wilson": "wilson", "clopper-pearson": "exact"}
+"""Interval names on the command line -> scipy's BinomTestResult.proportion_ci method."""
+
+
+def flag_threshold(heldout_similarity: Sequence[float], quantile: float) -> float:
+    """The ``quantile`` of the held-out nearest-training similarities (numpy's linear interpolation)."""
+    return float(np.quantile(np.asarray(heldout_similarity, dtype=np.float64), quantile))
+
+
+def proportion_interval(
+    k: int, n: int, method: str = "wilson", confidence: float = 0.95
+) -> tuple[float, float]:
+    """Confidence interval of a binomial proportion k / n: Wilson score or Clopper-Pearson (exact)."""
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method=INTERVALS[method])
+    return float(ci.low), float(ci.high)
+
+
+def mann_whitney(synthetic: Sequence[float], heldout: Sequence[float]) -> dict[str, float]:
+    """One-sided Mann-Whitney U: are synthetic similarities larger than held-out ones?
+
+    Returns U (of the synthetic sample), the p-value and U / (n1 n2): the probability that a random
+    synthetic volume is closer to the training set than a random held-out one (0.5: no difference).
+    """
+    synthetic, heldout = np.asarray(synthetic, np.float64), np.asarray(heldout, np.float64)
+    result = stats.mannwhitneyu(synthetic, heldout, alternative="greater")
+    return {
+        "u": float(result.statistic),
+        "p_value": float(result.pvalue),
+        "probability_closer": float(result.statistic) / (len(synthetic) * len(heldout)),
+    }
+
+
+def authenticity(
+    nearest_index: np.ndarray, nearest_similarity: np.ndarray, training_own_similarity: np.ndarray
+) -> np.ndarray:
+    """Bool [Q]: authentic synthetic volumes (Alaa et al. 2022), in similarity form.
+
+    A volume with nearest training volume t* = ``nearest_index`` at similarity s is unauthentic when
+    s > ``training_own_similarity``[t*], the similarity of t* to its own nearest other training volume
+    (distance = 1 - similarity: closer than t*'s nearest neighbour).
+    """
+    return ~(np.asarray(nearest_similarity) > np.asarray(training_own_similarity)[np.asarray(nearest_index)])
+
+
+@dataclass(frozen=True)
+class Verdict:
+    key: str
+    headline: str
+    advice: str
+
+
+VERDICTS = {
+    "memorisation": Verdict(
+        "memorisation",
+        "Memorisation suspected",
+        "More synthetic volumes lie as close to a training scan as only the closest held-out scans do than "
+        "chance allows. Look at the flagged pairs; train for fewer steps, on more data, or with more "
+        "augmentation.",
+    ),
+    "closer": Verdict(
+        "closer",
+        "Closer to the training scans than held-out scans are",
+        "The flagged share is not significantly above the expected one, but synthetic volumes are overall "
+        "closer to the training set than held-out scans are. Look at the flagged pairs; audit more "
+        "volumes for a firmer answer.",
+    ),
+    "none": Verdict(
+        "none",
+        "No evidence of memorisation",
+        "Synthetic volumes are no closer to their nearest training scans than held-out scans are. This "
+        "is not proof of privacy: see the caveats.",
+    ),
+}
+
+
+def verdict(ci_low: float, expected_share: float, p_value: float, alpha: float = 0.05) -> Verdict:
+    """Memorisation when the flagged share's interval lies above ``expected_share``; else "closer" when
+    Mann-Whitney's p-value is below ``alpha``; else none."""
+    if ci_low > expected_share:
+        return VERDICTS["memorisation"]
+    if p_value < alpha:
+        return VERDICTS["closer"]
+    return VERDICTS["none"]
+
+
+def flagging(
+    synthetic_similarity: np.ndarray, heldout_similarity: np.ndarray, quantile: float, interval: str
+) -> dict[str, Any]:
+    """Steps 1-4 of the module docstring: threshold, flags, share, interval, Mann-Whitney and verdict."""
+    threshold = flag_threshold(heldout_similarity, quantile)
+    flagged = np.asarray(synthetic_similarity) > threshold
+    k, n = int(flagged.sum()), len(flagged)
+    low, high = proportion_interval(k, n, interval)
+    mw = mann_whitney(synthetic_similarity, heldout_similarity)
+    v = verdict(low, 1.0 - quantile, mw["p_value"])
+    return {
+        "verdict": v.key,
+        "headline": v.headline,
+        "advice": v.advice,
+        "rule": f"flag a synthetic volume whose nearest-training correlation exceeds the {quantile:g} "
+        "quantile of the held-out scans' nearest-training correlations",
+        "quantile": quantile,
+        "threshold": threshold,
+        "flags": flagged,
+        "n_flagged": k,
+        "n_synthetic": n,
+        "flagged_share": k / n,
+        "flagged_share_ci95": [low, high],
+        "interval": interval,
+        "expected_share": 1.0 - quantile,
+        "closer_than_every_heldout": int(
+            (np.asarray(synthetic_similarity) > np.max(heldout_similarity)).sum()
+        ),
+        "mann_whitney": mw,
+    }
