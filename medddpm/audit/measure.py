@@ -11,7 +11,9 @@
    every training volume among the others (for authenticity): masked correlation, mirrored too; the
    SSIM of each nearest pair; the nearest by feature cosine.
 4. Statistics (medddpm.audit.statistics): threshold from the held-out baseline, flags, the flagged
-   share and its interval, Mann-Whitney, authenticity, the verdict; then the caveats.
+   share and its interval, Mann-Whitney, authenticity, the verdict.
+5. With ``run_dir``: the membership signal of the model itself (medddpm.audit.membership), the run's
+   denoising loss on training against held-out scans; then the caveats.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from medddpm.audit.membership import load_denoiser, membership
 from medddpm.audit.neighbours import (
     FOREGROUND_LEVEL,
     Neighbours,
@@ -69,7 +72,11 @@ class AuditSettings:
     features: str = "resnet10"
     """Feature network for the cosine neighbour (evaluate's default), or "none" to skip features."""
     seed: int = 0
-    """Seeds the random-init feature network."""
+    """Seeds the random-init feature network and the membership signal's noises and bootstrap."""
+    membership_timesteps: int = 8
+    """Timesteps of the membership grid (with a run; 0 skips it): few, evenly spread, every scan alike."""
+    membership_noises: int = 2
+    """Noise volumes per timestep of the membership grid."""
 
 
 @dataclass
@@ -97,6 +104,12 @@ def check_settings(settings: AuditSettings, device: str) -> None:
         )
     if device not in ("auto", "cpu", "cuda"):
         raise InputError(f"unknown device {device!r}: use auto, cpu or cuda")
+    if settings.membership_timesteps < 0:
+        raise InputError(
+            f"--membership-timesteps must be at least 0 (0 skips it), got {settings.membership_timesteps}"
+        )
+    if settings.membership_noises < 1:
+        raise InputError(f"--membership-noises must be at least 1, got {settings.membership_noises}")
 
 
 def check_folders(folders: dict[str, Path]) -> dict[str, list[Path]]:
@@ -183,6 +196,9 @@ def measure_audit(
     prep = resolve_preprocessing(run_dir)
     files = check_folders(folders)
     torch_device = resolve_device(device)
+    denoiser = None
+    if run_dir is not None and settings.membership_timesteps > 0:
+        denoiser = load_denoiser(run_dir, torch_device)
     extractor = None
     if settings.features != "none":
         extractor = build_feature_extractor(
@@ -306,6 +322,25 @@ def measure_audit(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "version": library_versions(),
     }
+
+    # 5. The model's own membership signal -------------------------------------------------------------
+    result["membership"] = None
+    if denoiser is not None:
+        log(
+            f"Membership: denoising loss of {denoiser.checkpoint} (EMA) at {settings.membership_timesteps} "
+            f"timesteps x {settings.membership_noises} noises, training against held-out scans"
+        )
+        with stage("membership"):
+            result["membership"] = membership(
+                denoiser,
+                training,
+                sets["heldout"].volumes,
+                settings.membership_timesteps,
+                settings.membership_noises,
+                settings.seed,
+                names["training"],
+                names["heldout"],
+            )
     result["caveats"] = caveats(result)
     return AuditMeasurement(result, sets, nb, flags, seconds, cpu_seconds)
 
@@ -344,6 +379,25 @@ def caveats(result: dict[str, Any]) -> list[str]:
         notes.append(
             f"With {result['n_heldout']} held-out scans the {result['quantile']:g} quantile that sets the "
             "threshold is poorly estimated; use at least 20, better 100."
+        )
+    m = result["membership"]
+    if m is None:
+        notes.append(
+            "The model's own membership signal (its denoising loss on training against held-out scans) was "
+            "not measured: pass --run with the run that made the synthetic scans."
+        )
+    else:
+        lo, hi = m["auc_ci95"]
+        if lo > 0.5:
+            reading = (
+                "well above 0.5: the model fits its training scans better than unseen ones, a sign of "
+                "memorisation even where no synthetic volume is flagged"
+            )
+        else:
+            reading = "its interval reaches 0.5: no evidence that the model fits its training scans better"
+        notes.append(
+            f"Membership AUC of the model's denoising loss {m['auc']:.2f} (95% CI {lo:.2f}-{hi:.2f}, "
+            f"{m['n_train']} training and {m['n_heldout']} held-out scans): {reading}."
         )
     notes.append(f"All sets were preprocessed alike: {result['preprocessing']['description']}.")
     return notes

@@ -167,6 +167,19 @@ def headline_numbers(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             "synthetic volumes beyond the closest held-out scan",
         ),
     ]
+    m = r.get("membership")
+    if m is None:
+        rows.append(("membership AUC (denoising loss)", "not measured", "pass --run to measure it"))
+    else:
+        lo, hi = m["auc_ci95"]
+        rows.append(
+            (
+                "membership AUC (denoising loss)",
+                f"{m['auc']:.2f} (95% CI {lo:.2f}–{hi:.2f}; {m['n_train']} training, {m['n_heldout']} "
+                f"held-out scans)",
+                "0.5: no signal; well above 0.5: the model fits its training scans better than unseen ones",
+            )
+        )
     if "feature_cosine" in s:
         rows.append(
             (

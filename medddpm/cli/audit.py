@@ -40,7 +40,18 @@ def audit(
     no_mirror: Annotated[
         bool, typer.Option("--no-mirror", help="Do not compare with mirror images of training scans.")
     ] = False,
-    seed: Annotated[int, typer.Option("--seed", help="Seeds the random-init feature network.")] = 0,
+    membership_timesteps: Annotated[
+        int,
+        typer.Option(
+            "--membership-timesteps", help="With --run: timesteps of the denoising-loss grid (0 skips it)."
+        ),
+    ] = 8,
+    membership_noises: Annotated[
+        int, typer.Option("--membership-noises", help="With --run: noises per timestep of that grid.")
+    ] = 2,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seeds the random-init feature network and the membership grid.")
+    ] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an earlier audit in OUTPUT.")
@@ -54,7 +65,13 @@ def audit(
     from medddpm.audit.measure import AuditSettings
 
     settings = AuditSettings(
-        quantile=quantile, interval=interval, mirror=not no_mirror, features=features, seed=seed
+        quantile=quantile,
+        interval=interval,
+        mirror=not no_mirror,
+        features=features,
+        seed=seed,
+        membership_timesteps=membership_timesteps,
+        membership_noises=membership_noises,
     )
     with threads_used, console.status("Auditing"):  # transient: an error stays one line
         result = run_audit(
@@ -80,4 +97,10 @@ def audit(
     out.print(
         f"Mann-Whitney p = {r['mann_whitney']['p_value']:.3g}; authenticity {r['authenticity']['score']:.2f}"
     )
+    m = r["membership"]
+    if m is not None:
+        out.print(
+            f"membership AUC (denoising loss, training vs held-out) {m['auc']:.2f}, "
+            f"95% CI {m['auc_ci95'][0]:.2f}-{m['auc_ci95'][1]:.2f} (0.5 = no signal)"
+        )
     console.print(f"[green]Report:[/] {result.html}")

@@ -110,3 +110,17 @@ def diffusion_loss(
     xt = schedule.q_sample(x0, t, eps)
     prediction = model(xt, t)
     return torch.nn.functional.mse_loss(prediction.float(), schedule.target(x0, t, eps).float())
+
+
+def denoising_errors(
+    model: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor
+) -> torch.Tensor:
+    """The training objective at given t [B] and eps (shaped like x0), per sample: float32 [B].
+
+    Row i is ||target - model(x_t, t)||² averaged over its elements, so the mean of the rows is
+    ``diffusion_loss`` drawn with the same t and eps. Fixing t and eps makes the loss of one scan
+    comparable with another's (the membership signal of ``medddpm audit``).
+    """
+    xt = schedule.q_sample(x0, t, eps)
+    error = (model(xt, t).float() - schedule.target(x0, t, eps).float()) ** 2
+    return error.flatten(1).mean(dim=1)
