@@ -29,9 +29,10 @@ import numpy as np
 from medddpm.audit.membership import load_denoiser, membership
 from medddpm.audit.neighbours import (
     FOREGROUND_LEVEL,
+    LEFT_RIGHT_DIM,
     Neighbours,
     foreground_mask,
-    nearest_by_cosine,
+    nearest_feature,
     nearest_two,
     pair_ssim,
     ssim_kernel,
@@ -241,9 +242,13 @@ def measure_audit(
         log(f"Features: {extractor.label}, on {torch_device}")
         with stage("features"):
             feats = {name: extract_features(extractor, sets[name].volumes, workers) for name in SETS}
+            mirrored = None
+            if settings.mirror:
+                mirrored = extract_features(extractor, training.flip(LEFT_RIGHT_DIM), workers)
         for name in ("synthetic", "heldout"):
-            index, cosine = nearest_by_cosine(feats[name], feats["training"])
+            index, cosine, is_mirrored = nearest_feature(feats[name], feats["training"], mirrored)
             extra[name]["feature_cosine"] = cosine
+            extra[name]["feature_mirrored"] = is_mirrored
             extra[name]["feature_nearest_training"] = np.array(names["training"], dtype=object)[index]
 
     # 4. Statistics ---------------------------------------------------------------------------------------

@@ -206,3 +206,15 @@ def nearest_by_cosine(queries: np.ndarray, training: np.ndarray) -> tuple[np.nda
     cos = q @ t.T
     index = cos.argmax(axis=1)
     return index, cos[np.arange(len(q)), index]
+
+
+def nearest_feature(
+    queries: np.ndarray, training: np.ndarray, mirrored: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``nearest_by_cosine`` against the training features [T, F] and, when given, those of their mirror
+    images [T, F] (same order): the training index [Q], the cosine [Q] and whether a mirror image won."""
+    if mirrored is None:
+        index, cosine = nearest_by_cosine(queries, training)
+        return index, cosine, np.zeros(len(index), dtype=bool)
+    index, cosine = nearest_by_cosine(queries, np.concatenate([training, mirrored]))
+    return index % len(training), cosine, index >= len(training)

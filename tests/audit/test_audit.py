@@ -103,6 +103,21 @@ def test_a_mirrored_copy_is_caught_only_with_mirroring(cohort, tmp_path: Path):
     assert any("--no-mirror" in c for c in r["caveats"])
 
 
+def test_a_mirrored_copy_is_the_nearest_by_features_too(cohort, tmp_path: Path):
+    import nibabel as nib
+
+    source = nib.load(cohort["train"] / "t05.nii.gz")
+    write_nifti(cohort["synth"] / "mirror.nii.gz", np.asarray(source.dataobj)[::-1].copy())
+    r = _run(cohort, tmp_path / "a", AuditSettings(features="resnet10")).result
+    pair = next(p for p in r["pairs"]["synthetic"] if p["file"] == "mirror.nii.gz")
+    assert pair["feature_nearest_training"] == "t05.nii.gz" and pair["feature_mirrored"]
+    assert pair["feature_cosine"] > 0.9999
+    assert not any(p["feature_mirrored"] for p in r["pairs"]["synthetic"] if p["file"].startswith("copy"))
+    r = _run(cohort, tmp_path / "b", AuditSettings(features="resnet10", mirror=False)).result
+    pair = next(p for p in r["pairs"]["synthetic"] if p["file"] == "mirror.nii.gz")
+    assert not pair["feature_mirrored"] and pair["feature_cosine"] < 0.9999
+
+
 def test_bad_input_is_one_error_and_writes_nothing(cohort, tmp_path: Path):
     out = tmp_path / "audit"
     with pytest.raises(InputError, match="also the training folder"):

@@ -124,3 +124,16 @@ def test_separable_ssim_equals_monai_ssim_metric(win_size: int):
     monai = SSIMMetric(spatial_dims=3, data_range=1.0, win_size=win_size, kernel_sigma=1.5, reduction="none")
     expected = monai(y_pred=x, y=y).reshape(-1)
     torch.testing.assert_close(ssim(x, y, win_size), expected, atol=2e-6, rtol=1e-5)
+
+
+def test_nearest_feature_takes_the_better_of_a_training_vector_and_its_mirror_image():
+    from medddpm.audit.neighbours import nearest_feature
+
+    rng = np.random.default_rng(2)
+    training, mirrored = rng.normal(size=(5, 16)), rng.normal(size=(5, 16))
+    queries = np.stack([mirrored[3] * 2.0, training[1] + 0.01 * rng.normal(size=16)])
+    index, cosine, is_mirrored = nearest_feature(queries, training, mirrored)
+    assert index.tolist() == [3, 1] and is_mirrored.tolist() == [True, False]
+    assert cosine[0] == pytest.approx(1.0) and cosine[1] > 0.99
+    index, cosine, is_mirrored = nearest_feature(queries, training)
+    assert not is_mirrored.any() and cosine[0] < 0.9
