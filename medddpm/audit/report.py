@@ -137,7 +137,8 @@ def headline_numbers(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         (
             "median nearest correlation",
             f"synthetic {_fmt(s['correlation']['median'])}, held-out {_fmt(h['correlation']['median'])}",
-            "synthetic far above held-out would mean closer to training than new scans come; far below, not yet like the training scans at all",
+            "synthetic far above held-out: closer to training than new scans come; far below: "
+            "not yet like the training scans at all",
         ),
         (
             "Mann-Whitney (synthetic closer)",
