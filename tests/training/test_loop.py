@@ -133,6 +133,31 @@ def test_gradient_accumulation_and_checkpointing_run(scan_dir: Path, tmp_path: P
     assert (tmp_path / "run" / "previews" / "step-00000002.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # torch.compile's inductor builds C++ kernels: ~2 min on 2 CPU cores
+def test_compiled_training_on_cpu_takes_the_eager_steps(scan_dir: Path, tmp_path: Path):
+    """train.compile=true runs on CPU and gives the same losses and weights as eager mode (float
+    rounding apart), saved under the model's own names (not the compiled wrapper's ``_orig_mod.``)."""
+    from medddpm.runtime import torch_threads
+
+    runs = {}
+    with torch_threads(1):
+        for mode in ("eager", "compiled"):
+            cfg = tiny("train.max_steps=2", "train.checkpoint_every=2", f"train.compile={mode == 'compiled'}")
+            train(cfg, scan_dir, tmp_path / mode)
+            runs[mode] = tmp_path / mode
+    losses = {
+        m: [float(r["loss"]) for r in csv.DictReader((run / "metrics.csv").open())] for m, run in runs.items()
+    }
+    assert len(losses["compiled"]) == 2
+    np.testing.assert_allclose(losses["compiled"], losses["eager"], rtol=1e-4)
+    for name in ("model.safetensors", "ema.safetensors"):
+        eager, compiled = weights(runs["eager"], 2, name), weights(runs["compiled"], 2, name)
+        assert compiled.keys() == eager.keys()
+        for k in eager:
+            torch.testing.assert_close(compiled[k], eager[k], rtol=1e-4, atol=1e-6, msg=f"{name}:{k}")
+    assert open_checkpoint(resolve_checkpoint("latest", runs["compiled"])).config.train.compile
+
+
 def test_batches_cover_each_epoch_once():
     seen = [i for b in range(5) for i in batch_indices(b * 2, 2, 10, seed=3)]
     assert sorted(seen) == list(range(10))
