@@ -183,6 +183,52 @@ def test_interrupted_folder_is_completed_and_kept(run: Path, first: Path, tmp_pa
     assert manifest["status"] == "complete" and len(manifest["samples"]) == 3
 
 
+def test_ctrl_c_leaves_an_incomplete_manifest_and_a_rerun_completes_it(
+    run: Path, first: Path, tmp_path: Path, capsys, monkeypatch
+):
+    """A real SIGINT (Python's own handler, as a terminal's Ctrl-C) half-way through the second volume:
+    exit 130, the first volume kept, no partial second one, the manifest says "incomplete"; the same
+    command again draws only what is missing, and the volumes equal an uninterrupted run's."""
+    import contextlib
+    import signal
+
+    import medddpm.cli.sample as sample_command
+
+    out = tmp_path / "out"
+    args = [run, "--output", out, "--num", "3", "--batch-size", "1", *FAST]
+
+    @contextlib.contextmanager
+    def ctrl_c_in_the_second_volume():
+        written = []
+
+        def on_step(i: int, total: int) -> None:
+            if written and written[-1] == 1 and i == 2:
+                signal.raise_signal(signal.SIGINT)
+
+        yield lambda done, total: written.append(done), on_step
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        monkeypatch.setattr(sample_command, "sampling_progress", ctrl_c_in_the_second_volume)
+        code, err = cli(capsys, *args)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert code == 130 and "Traceback" not in err, err
+    said = f"Interrupted; {out} is incomplete: run the same command again to finish it"
+    assert "".join(said.split()) in "".join(err.split())  # rich wraps long paths
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", sample_name(0, "nii.gz")]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "incomplete"
+
+    monkeypatch.undo()
+    code, err = cli(capsys, *args)
+    assert code == 0, err
+    assert "2 drawn, 1 already there" in " ".join(err.split())
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+    for i in range(3):
+        np.testing.assert_array_equal(voxels(out, i), voxels(first, i))
+
+
 def test_another_recipe_is_refused_then_overwritten(run: Path, first: Path, tmp_path: Path, capsys):
     out = Path(shutil.copytree(first, tmp_path / "out"))
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
