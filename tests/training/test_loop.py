@@ -11,7 +11,7 @@ from medddpm.config import build_config
 from medddpm.errors import InputError, TrainingAborted
 from medddpm.training.checkpoint import list_checkpoints, open_checkpoint, resolve_checkpoint
 from medddpm.training.loop import batch_indices, train
-from tests.conftest import write_nifti
+from tests.conftest import blob_volume, write_nifti
 
 
 def tiny(*overrides: str):
@@ -156,6 +156,23 @@ def test_compiled_training_on_cpu_takes_the_eager_steps(scan_dir: Path, tmp_path
         for k in eager:
             torch.testing.assert_close(compiled[k], eager[k], rtol=1e-4, atol=1e-6, msg=f"{name}:{k}")
     assert open_checkpoint(resolve_checkpoint("latest", runs["compiled"])).config.train.compile
+
+
+def test_foreground_crop_with_pad_crop_trains_at_the_scans_voxel_size(tmp_path: Path):
+    """data.foreground_crop before the default pad_crop (the brain-mri-64 recipe): training runs on
+    scans larger than image_size, and cropping keeps each scan's voxel size (no resampling)."""
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_nifti(tmp_path / "scans" / f"s{i}.nii.gz", blob_volume(rng, (30, 28, 26)))
+    result = train(
+        tiny("train.max_steps=1", "data.foreground_crop=true"), tmp_path / "scans", tmp_path / "run"
+    )
+    assert result.step == 1
+    loss = float(next(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))["loss"])
+    assert np.isfinite(loss)
+    record = json.loads((tmp_path / "run" / "dataset.json").read_text())
+    assert [f["learnt_spacing"] for f in record["files"]] == [[2.0, 2.5, 3.0]] * 2
+    assert record["output_spacing"] == [2.0, 2.5, 3.0]
 
 
 def test_batches_cover_each_epoch_once():
