@@ -26,19 +26,28 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 _state = {"debug": False}
+CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+"""click's usage errors: from the click package, or from the copy of it that recent typer releases vendor."""
+
+
+def _print_version(value: bool) -> None:
+    """--version: handled as soon as it is parsed (eager), so that no command is needed after it."""
+    if value:
+        from medddpm import __version__
+
+        typer.echo(f"medddpm {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
 ) -> None:
     _state["debug"] = debug
-    if version:
-        from medddpm import __version__
-
-        typer.echo(f"medddpm {__version__}")
-        raise typer.Exit()
 
 
 COMMAND_CLASSES = {sample.sample: sample.SampleCommand}
@@ -76,9 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         sys.exit(130)
     except Exception as e:  # click's usage errors carry their own exit code (2)
-        import click
-
-        if isinstance(e, click.ClickException):
+        if isinstance(e, CLICK_ERROR):
             e.show()
             sys.exit(e.exit_code)
         if _state["debug"]:

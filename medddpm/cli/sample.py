@@ -86,19 +86,23 @@ def sample(
     # The checkpoint is resolved once, so its config and its weights come from the same folder.
     checkpoint_dir, cfg = checkpoint_config(run_dir, checkpoint)
     settings = cfg.sample.with_flags(sampler=sampler, steps=steps, eta=eta, batch_size=batch_size)
-    with threads_used, sampling_progress() as (on_volumes, on_step):
-        sample_to_folder(
-            checkpoint_dir,
-            output,
-            num,
-            settings,
-            seed=seed,
-            ema=not no_ema,
-            precision=precision,
-            device=device,
-            fmt=fmt,
-            overwrite=overwrite,
-            log=print_message,
-            on_volumes=on_volumes,
-            on_step=on_step,
-        )
+    try:
+        with threads_used, sampling_progress() as (on_volumes, on_step):
+            sample_to_folder(
+                checkpoint_dir,
+                output,
+                num,
+                settings,
+                seed=seed,
+                ema=not no_ema,
+                precision=precision,
+                device=device,
+                fmt=fmt,
+                overwrite=overwrite,
+                log=print_message,
+                on_volumes=on_volumes,
+                on_step=on_step,
+            )
+    except KeyboardInterrupt:  # typer would exit 130 without a word
+        print_message(f"Interrupted; {output} is incomplete: run the same command again to finish it")
+        raise typer.Exit(130) from None

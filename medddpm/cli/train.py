@@ -89,17 +89,25 @@ def train(
 
     from medddpm.training.loop import train as run_training
 
-    with threads_used, training_progress(enabled=is_main_process()) as on_step:
-        result = run_training(
-            cfg,
-            data_dir,
-            output,
-            resume=resume,
-            overwrite=overwrite,
-            skip_invalid=skip_invalid,
-            log=print_message,
-            on_step=on_step,
-        )
+    try:
+        with threads_used, training_progress(enabled=is_main_process()) as on_step:
+            result = run_training(
+                cfg,
+                data_dir,
+                output,
+                resume=resume,
+                overwrite=overwrite,
+                skip_invalid=skip_invalid,
+                log=print_message,
+                on_step=on_step,
+            )
+    except KeyboardInterrupt:  # a second Ctrl-C (typer would exit 130 without a word)
+        if is_main_process():
+            print_message(
+                "Stopped at once, without a checkpoint of the step under way; "
+                f"--resume continues from the last checkpoint in {output / 'checkpoints'}"
+            )
+        raise typer.Exit(130) from None
     if result.interrupted:
         raise typer.Exit(128 + (result.signal or 2))  # the shell's convention: 130 Ctrl-C, 143 SIGTERM
     if is_main_process():

@@ -11,6 +11,8 @@ from nibabel.testing import data_path
 from medddpm.cli import main
 from tests.conftest import write_nifti
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as e:
@@ -107,3 +109,46 @@ def test_threads_sets_torch_threads_for_the_block_only():
     assert torch.get_num_threads() == before
     with cpu_threads(None):
         assert torch.get_num_threads() == before
+
+
+def test_version_is_the_packages(capsys):
+    """``medddpm --version`` prints the version pyproject.toml declares, and imports no torch."""
+    import re
+
+    declared = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
+    code, out, _ = run_cli(["--version"], capsys)
+    assert code == 0 and out == f"medddpm {declared}\n"
+    check = "import sys; from medddpm.cli import main\ntry: main(['--version'])\nexcept SystemExit as e: "
+    check += "assert not e.code and 'torch' not in sys.modules, e.code"
+    subprocess.run([sys.executable, "-c", check], check=True, cwd=REPO)
+
+
+def test_an_unexpected_error_is_one_line_exit_1_unless_debug(
+    scan_dir: Path, tmp_path: Path, capsys, monkeypatch
+):
+    """A failure that is not the user's (here a GPU fault injected into the training step) exits 1
+    with one line naming it and how to see more; --debug shows the traceback instead."""
+    import medddpm.training.loop as loop
+
+    def faulty_step(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(loop, "train_step", faulty_step)
+    args = ["train", str(scan_dir), "--output", str(tmp_path / "run"), "--config", "tiny"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 1
+    said = (
+        "unexpected error: RuntimeError: CUDA error: an illegal memory access was encountered "
+        "(rerun with --debug for the traceback)"
+    )
+    assert "Traceback" not in err and " ".join(err.split()).endswith(said), err  # rich wraps long lines
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        main(["--debug", *args, "--overwrite"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"), [(["train", "--bogus"], "--bogus"), (["frobnicate"], "frobnicate")]
+)
+def test_usage_errors_exit_2(args: list[str], message: str, capsys):
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and message in err and "unexpected error" not in err, err

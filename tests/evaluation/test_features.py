@@ -157,3 +157,19 @@ def test_normalisation_makes_features_independent_of_intensity_scale():
 def test_unknown_network_is_an_input_error():
     with pytest.raises(InputError, match="resnet10, resnet18, resnet34, resnet50"):
         build_feature_extractor("resnet11")
+
+
+@pytest.mark.parametrize(
+    ("name", "dim", "downsample_convs"),
+    [("resnet18", 512, False), ("resnet34", 512, False), ("resnet50", 2048, True)],
+)
+def test_deeper_resnets_give_features_in_medicalnets_layout(name: str, dim: int, downsample_convs: bool):
+    """resnet18/34 (basic blocks, 512 channels out, MedicalNet's parameter-free shortcut A) and resnet50
+    (bottlenecks, 4 x 512 out, 1x1x1 convolution shortcuts B) extract finite features that tell two
+    volumes apart; the shortcut type decides which MedicalNet checkpoint keys the network has."""
+    fx = build_feature_extractor(name, seed=0)
+    feats = fx.extract(volumes(2, 16, seed=1), batch_size=2)
+    assert fx.feature_dim == dim and feats.shape == (2, dim)
+    assert np.isfinite(feats).all() and not np.allclose(feats[0], feats[1])
+    keys = fx.model.state_dict().keys()
+    assert ("layer2.0.downsample.0.weight" in keys) == downsample_convs

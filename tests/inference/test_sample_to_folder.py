@@ -18,10 +18,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from medddpm.cli import main
 from medddpm.config import SampleConfig, config_from_dict
 from medddpm.diffusion.samplers import SAMPLERS, X0_RANGE, SamplerEntry, denoise, plan_steps
+from medddpm.diffusion.schedule import NoiseSchedule
 from medddpm.errors import InputError
 from medddpm.inference.sample_to_folder import find_checkpoint, read_output, sample_name, shard
 from medddpm.runtime import torch_threads
@@ -179,6 +181,52 @@ def test_interrupted_folder_is_completed_and_kept(run: Path, first: Path, tmp_pa
     assert not (out / ".sample_0002-x1y2.nii.gz").exists()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and len(manifest["samples"]) == 3
+
+
+def test_ctrl_c_leaves_an_incomplete_manifest_and_a_rerun_completes_it(
+    run: Path, first: Path, tmp_path: Path, capsys, monkeypatch
+):
+    """A real SIGINT (Python's own handler, as a terminal's Ctrl-C) half-way through the second volume:
+    exit 130, the first volume kept, no partial second one, the manifest says "incomplete"; the same
+    command again draws only what is missing, and the volumes equal an uninterrupted run's."""
+    import contextlib
+    import signal
+
+    import medddpm.cli.sample as sample_command
+
+    out = tmp_path / "out"
+    args = [run, "--output", out, "--num", "3", "--batch-size", "1", *FAST]
+
+    @contextlib.contextmanager
+    def ctrl_c_in_the_second_volume():
+        written = []
+
+        def on_step(i: int, total: int) -> None:
+            if written and written[-1] == 1 and i == 2:
+                signal.raise_signal(signal.SIGINT)
+
+        yield lambda done, total: written.append(done), on_step
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        monkeypatch.setattr(sample_command, "sampling_progress", ctrl_c_in_the_second_volume)
+        code, err = cli(capsys, *args)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert code == 130 and "Traceback" not in err, err
+    said = f"Interrupted; {out} is incomplete: run the same command again to finish it"
+    assert "".join(said.split()) in "".join(err.split())  # rich wraps long paths
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", sample_name(0, "nii.gz")]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "incomplete"
+
+    monkeypatch.undo()
+    code, err = cli(capsys, *args)
+    assert code == 0, err
+    assert "2 drawn, 1 already there" in " ".join(err.split())
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+    for i in range(3):
+        np.testing.assert_array_equal(voxels(out, i), voxels(first, i))
 
 
 def test_another_recipe_is_refused_then_overwritten(run: Path, first: Path, tmp_path: Path, capsys):
@@ -355,3 +403,36 @@ def test_a_registered_sampler_is_validated_listed_and_sampled(run: Path, tmp_pat
     assert code == 0, err
     for i in range(2):
         np.testing.assert_array_equal(voxels(tmp_path / "toy", i), voxels(tmp_path / "ddim", i))
+
+
+def test_bf16_on_cpu_is_finite_close_to_fp32_and_recorded(run: Path, first: Path, tmp_path: Path, capsys):
+    """--precision bf16 on CPU: the network runs under CPU autocast, the sampler in fp32.
+
+    In model space the result differs from fp32 by bf16 rounding (8-bit significand; ~5e-5 relative
+    here, where most of an untrained model's x0 is clipped to [-1, 1]): not 0, and far from order 1.
+    In HU, after int16 rounding and the window's clipping, by at most a few HU."""
+    from medddpm.diffusion.generate import generate
+    from medddpm.models.unet import build_unet
+    from medddpm.training.checkpoint import load_weights, open_checkpoint
+
+    out = tmp_path / "bf16"
+    code, err = cli(
+        capsys, run, "--output", out, "--num", "1", "--batch-size", "1", "--precision", "bf16", *FAST
+    )
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["precision"], manifest["device"], manifest["status"]) == ("bf16", "cpu", "complete")
+    low, full = voxels(out, 0).astype(np.float64), voxels(first, 0).astype(np.float64)
+    assert np.isfinite(low).all()
+    assert np.abs(low - full).max() <= 4 and np.abs(low - full).mean() < 0.05
+
+    ckpt = open_checkpoint(run / "checkpoints" / "step-00000002")
+    model = build_unet(ckpt.config.model)
+    load_weights(model, ckpt.weights(ema=True), ckpt.path)
+    schedule = NoiseSchedule.from_config(ckpt.config.diffusion)
+    a, b = (
+        generate(model, schedule, ckpt.config.data.image_size, [0], "dpm++", 3, precision=p)[0]
+        for p in ("fp32", "bf16")
+    )
+    relative = float(torch.linalg.vector_norm(b - a) / torch.linalg.vector_norm(a))
+    assert torch.isfinite(b).all() and 0 < relative < 1e-2  # 0: bf16 was not applied

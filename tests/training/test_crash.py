@@ -50,6 +50,25 @@ from medddpm.cli import main
 main(sys.argv[2:])
 """
 
+STALL_IN_STEP = """
+import sys, time
+from pathlib import Path
+import medddpm.training.loop as loop
+
+train_step, calls = loop.train_step, []
+
+def stalling_train_step(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        Path(sys.argv[1]).touch()
+        time.sleep(600)  # a very long step: the first Ctrl-C waits for it, the second does not
+    return train_step(*args, **kwargs)
+
+loop.train_step = stalling_train_step
+from medddpm.cli import main
+main(sys.argv[2:])
+"""
+
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -88,6 +107,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[subprocess.Popen, Path, Path, Path
         "during_checkpoint": ["-c", STALL_IN_SAVE, "4", *train, *every_step, "--max-steps", "2"],
         "SIGINT": ["-m", "medddpm", *train, "--max-steps", "1000", "--checkpoint-every", "1000"],
         "SIGTERM": ["-m", "medddpm", *train, "--max-steps", "1000", "--checkpoint-every", "1000"],
+        "second_SIGINT": ["-c", STALL_IN_STEP, str(root / "stalled"), *train, "--max-steps", "1000"],
     }
     started = {}
     for name, command in commands.items():
@@ -195,6 +215,32 @@ def test_a_stop_signal_writes_a_checkpoint_and_exits_128_plus_its_number(name, r
 
     resume_to_the_end(scans, run, capsys, "--max-steps", str(step + 1))
     assert list_checkpoints(run)[-1][0] == step + 1
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(runs):
+    """The first Ctrl-C waits for the step under way (here one that would last 10 minutes); the second
+    stops at once: exit 130, no checkpoint, no traceback."""
+    process, scans, run, log = runs["second_SIGINT"]
+    wait_for(lambda: (run.parent / "stalled").exists(), process, log)  # inside step 2
+    process.send_signal(signal.SIGINT)
+    time.sleep(1)
+    assert process.poll() is None, "the first Ctrl-C must let the step finish"
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    try:
+        code = process.wait(60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a second Ctrl-C did not stop training at once")
+    assert code == 130, log.read_text()[-3000:]
+    assert time.monotonic() - started < 60
+    text = squeeze(log.read_text())
+    assert "Traceback" not in text
+    said = (
+        "Stopped at once, without a checkpoint of the step under way; "
+        f"--resume continues from the last checkpoint in {run / 'checkpoints'}"
+    )
+    assert squeeze(said) in text
+    assert list_checkpoints(run) == [] and metrics_steps(run) == [1]
 
 
 @pytest.mark.parametrize("name", ["sample_0000.nii.gz", "sample_0000.mha"])

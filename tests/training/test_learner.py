@@ -216,6 +216,35 @@ def test_channels_last_and_contiguous_take_the_same_step():
         torch.testing.assert_close(weights_of(channels_last)[k], w, rtol=1e-5, atol=1e-6, msg=k)
 
 
+def test_flash_attention_gives_the_same_loss_and_gradients_as_plain_attention():
+    """model.use_flash_attention (torch's scaled_dot_product_attention, on CPU too) computes the same
+    attention as MONAI's explicit softmax(QK^T)V. The U-Net's attention output projections start at
+    zero (and AdamW's first step hardly depends on the gradients' size), so the weights are perturbed
+    first and the gradients compared: attention then shapes the loss and every gradient."""
+    from medddpm.diffusion.schedule import diffusion_loss
+    from medddpm.models.unet import build_unet
+
+    x0 = torch.stack([d["image"] for d in toy_dataset(2)])
+    grads, losses = [], []
+    for flash in ("false", "true"):
+        cfg = tiny(f"model.use_flash_attention={flash}")
+        torch.manual_seed(0)
+        model = build_unet(cfg.model)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        loss = diffusion_loss(
+            model, NoiseSchedule.from_config(cfg.diffusion), x0, torch.Generator().manual_seed(3)
+        )
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert grads[0].keys() == grads[1].keys()
+    for n, g in grads[0].items():
+        torch.testing.assert_close(grads[1][n], g, rtol=1e-4, atol=1e-6, msg=n)
+
+
 def test_ema_follows_its_formula():
     """torch's AveragedModel with decay d: the first update copies the weights, then each step
     e <- d e + (1 - d) w. Checked against that recursion over 4 steps at d = 0.8."""

@@ -11,7 +11,7 @@ from medddpm.config import build_config
 from medddpm.errors import InputError, TrainingAborted
 from medddpm.training.checkpoint import list_checkpoints, open_checkpoint, resolve_checkpoint
 from medddpm.training.loop import batch_indices, train
-from tests.conftest import write_nifti
+from tests.conftest import blob_volume, write_nifti
 
 
 def tiny(*overrides: str):
@@ -131,6 +131,48 @@ def test_gradient_accumulation_and_checkpointing_run(scan_dir: Path, tmp_path: P
     )
     train(cfg, scan_dir, tmp_path / "run")
     assert (tmp_path / "run" / "previews" / "step-00000002.png").stat().st_size > 1000
+
+
+@pytest.mark.slow  # torch.compile's inductor builds C++ kernels: ~2 min on 2 CPU cores
+def test_compiled_training_on_cpu_takes_the_eager_steps(scan_dir: Path, tmp_path: Path):
+    """train.compile=true runs on CPU and gives the same losses and weights as eager mode (float
+    rounding apart), saved under the model's own names (not the compiled wrapper's ``_orig_mod.``)."""
+    from medddpm.runtime import torch_threads
+
+    runs = {}
+    with torch_threads(1):
+        for mode in ("eager", "compiled"):
+            cfg = tiny("train.max_steps=2", "train.checkpoint_every=2", f"train.compile={mode == 'compiled'}")
+            train(cfg, scan_dir, tmp_path / mode)
+            runs[mode] = tmp_path / mode
+    losses = {
+        m: [float(r["loss"]) for r in csv.DictReader((run / "metrics.csv").open())] for m, run in runs.items()
+    }
+    assert len(losses["compiled"]) == 2
+    np.testing.assert_allclose(losses["compiled"], losses["eager"], rtol=1e-4)
+    for name in ("model.safetensors", "ema.safetensors"):
+        eager, compiled = weights(runs["eager"], 2, name), weights(runs["compiled"], 2, name)
+        assert compiled.keys() == eager.keys()
+        for k in eager:
+            torch.testing.assert_close(compiled[k], eager[k], rtol=1e-4, atol=1e-6, msg=f"{name}:{k}")
+    assert open_checkpoint(resolve_checkpoint("latest", runs["compiled"])).config.train.compile
+
+
+def test_foreground_crop_with_pad_crop_trains_at_the_scans_voxel_size(tmp_path: Path):
+    """data.foreground_crop before the default pad_crop (the brain-mri-64 recipe): training runs on
+    scans larger than image_size, and cropping keeps each scan's voxel size (no resampling)."""
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_nifti(tmp_path / "scans" / f"s{i}.nii.gz", blob_volume(rng, (30, 28, 26)))
+    result = train(
+        tiny("train.max_steps=1", "data.foreground_crop=true"), tmp_path / "scans", tmp_path / "run"
+    )
+    assert result.step == 1
+    loss = float(next(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))["loss"])
+    assert np.isfinite(loss)
+    record = json.loads((tmp_path / "run" / "dataset.json").read_text())
+    assert [f["learnt_spacing"] for f in record["files"]] == [[2.0, 2.5, 3.0]] * 2
+    assert record["output_spacing"] == [2.0, 2.5, 3.0]
 
 
 def test_batches_cover_each_epoch_once():
