@@ -22,6 +22,22 @@ def _aspects(spacing: Sequence[float]) -> list[float]:
     return [sy / sx, sz / sx, sz / sy]
 
 
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def short_name(name: str, width: int = 22) -> str:
+    """A scan's file name without .nii / .nii.gz, cut to ``width`` characters for figure labels."""
+    name = name.removesuffix(".gz").removesuffix(".nii")
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
 def save_montage(
     volumes: Sequence[np.ndarray],
     path: str | Path,
@@ -31,10 +47,7 @@ def save_montage(
     suptitle: str | None = None,
 ) -> Path:
     """One row per volume, one column per view; a shared grey scale (default: the 1st-99th percentile)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     volumes = [np.asarray(v, dtype=np.float32) for v in volumes]
     if value_range is None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medddpm.evaluation.report import CSS as EVALUATION_CSS
-from medddpm.preview import save_montage
+from medddpm.preview import pyplot, save_montage, short_name
 
 if TYPE_CHECKING:
     from medddpm.audit.measure import AuditMeasurement
@@ -53,17 +53,8 @@ tr.flagged td { background: #fdecea; }
 )
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _distributions(m: AuditMeasurement, attribute: str, xlabel: str, path: Path, threshold=None) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     values = {name: getattr(m.neighbours[name], attribute) for name in ("heldout", "synthetic")}
     everything = np.concatenate(list(values.values()))
     lo, hi = float(everything.min()), float(everything.max())
@@ -99,8 +90,8 @@ def _top_pairs_montage(m: AuditMeasurement, path: Path) -> Path:
         partner = training.volumes[t, 0].numpy()
         volumes += [synth.volumes[q, 0].numpy(), partner[::-1].copy() if nb.mirrored[q] else partner]
         titles += [
-            f"{_short(synth.files[q].name)} r={nb.similarity[q]:.3f}",
-            f"{_short(training.files[t].name)}{' (mirrored)' if nb.mirrored[q] else ''}",
+            f"{short_name(synth.files[q].name, 20)} r={nb.similarity[q]:.3f}",
+            f"{short_name(training.files[t].name, 20)}{' (mirrored)' if nb.mirrored[q] else ''}",
         ]
     return save_montage(
         volumes,
@@ -110,11 +101,6 @@ def _top_pairs_montage(m: AuditMeasurement, path: Path) -> Path:
         value_range=(0.0, 1.0),
         suptitle="Closest synthetic volumes (odd rows) and their nearest training scans",
     )
-
-
-def _short(name: str, width: int = 20) -> str:
-    name = name.removesuffix(".gz").removesuffix(".nii")
-    return name if len(name) <= width else name[: width - 1] + "…"
 
 
 def _fmt(x: float) -> str:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medddpm.evaluation.specs import METRICS, table_rows
-from medddpm.preview import save_montage
+from medddpm.preview import pyplot, save_montage, short_name
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -76,14 +76,9 @@ def summary_table(metrics: dict[str, Any]) -> Table:
 # --------------------------------------------------------------------------------------------------
 
 
-def _short(name: str, width: int = 22) -> str:
-    name = name.removesuffix(".gz").removesuffix(".nii")
-    return name if len(name) <= width else name[: width - 1] + "…"
-
-
 def _montage(volume_set: VolumeSet, path: Path) -> Path:
     shown = volume_set.volumes[:MONTAGE_ROWS, 0].numpy()
-    names = [_short(p.name) for p in volume_set.files[:MONTAGE_ROWS]]
+    names = [short_name(p.name) for p in volume_set.files[:MONTAGE_ROWS]]
     return save_montage(
         list(shown),
         path,
@@ -94,22 +89,13 @@ def _montage(volume_set: VolumeSet, path: Path) -> Path:
     )
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _legend_on_top(ax) -> None:
     """The legend in one row between title and axes, where it cannot hide data."""
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False, fontsize=9)
 
 
 def _histograms(real: VolumeSet, synth: VolumeSet, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     edges = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
     fig, ax = plt.subplots(figsize=(7.0, 3.6))
     for volume_set in (real, synth):
@@ -137,7 +123,7 @@ def _histograms(real: VolumeSet, synth: VolumeSet, path: Path) -> Path:
 
 
 def _ms_ssim_plot(values: dict[str, Sequence[float]], metrics: dict[str, Any], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     everything = np.concatenate([np.asarray(v, dtype=float) for v in values.values()])
     lo, hi = float(everything.min()), float(everything.max())
     pad = max(0.01, 0.05 * (hi - lo))
