@@ -138,4 +138,11 @@ stage train_layouts 120 $BT "${COMMON[@]}" "${SMALL[@]}" --precision bf16 "${COM
     done
 } >"$OUT/summary.txt"
 cat "$OUT/summary.txt" | tee -a "$LOG"
-tar -czf "$OUT/gpu_check.tgz" -C "$OUT" --exclude gpu_check.tgz . 2>/dev/null && say "all logs and JSON: $OUT/gpu_check.tgz"
+# Packed beside $OUT first: tar reading a folder it is writing into can fail with "file changed".
+PACK="$(mktemp "${TMPDIR:-/tmp}/gpu_check.XXXXXX.tgz")"
+if tar -czf "$PACK" -C "$OUT" --exclude gpu_check.tgz . 2>/dev/null && mv "$PACK" "$OUT/gpu_check.tgz"; then
+    say "all logs and JSON: $OUT/gpu_check.tgz"
+else
+    rm -f "$PACK"
+    say "could not pack $OUT into gpu_check.tgz; the files are there one by one"
+fi

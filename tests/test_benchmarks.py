@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,9 @@ def test_gpu_check_dry_run(tmp_path: Path):
     assert "== data: exit 0" in log
     summary = (tmp_path / "summary.txt").read_text()
     assert "ratio medddpm / tutorial" in summary
+    with tarfile.open(tmp_path / "gpu_check.tgz") as pack:  # everything in one file to bring back
+        names = {Path(n).name for n in pack.getnames()}
+    assert {"gpu_check.log", "summary.txt", "data.json", *(f"{s}.json" for s in stages)} <= names
 
 
 def test_bench_sampling_quality_proxies_tell_real_from_wrong():
