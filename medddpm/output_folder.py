@@ -9,8 +9,9 @@
    say, is an InputError too), remove the temporaries an interrupted earlier write left, and with
    ``--overwrite`` delete what the command itself writes there: never anything else.
 3. Publish atomically: a file through ``atomic_path`` (written beside its final name, fsynced,
-   renamed into place), a whole folder through ``temporary_folder`` + ``publish_folder``. A crash
-   leaves an earlier file or folder intact and at worst a temporary, which the next run removes.
+   renamed into place), a whole folder through ``atomic_folder`` (``temporary_folder``, then
+   ``publish_folder``). A crash leaves an earlier file or folder intact and at worst a temporary,
+   which the next run removes.
 
 What each command writes is one ``Outputs`` entry in the table at the end (RUN_FOLDER, ...), so
 what ``--overwrite`` may delete can be read, and tested, in one place.
@@ -250,6 +251,20 @@ def publish_folder(tmp: Path, final: Path) -> None:
     fsync(final.parent)
     for leftover in _sibling_temporaries(final):
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(final: Path) -> Iterator[Path]:
+    """Yield a new empty folder beside ``final`` to build it in; publish it as ``final`` once the
+    block succeeds (``publish_folder``). If the block fails, the temporary folder is removed and
+    ``final`` is untouched. The folder counterpart of ``atomic_path``."""
+    tmp = temporary_folder(final)
+    try:
+        yield tmp
+        publish_folder(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------

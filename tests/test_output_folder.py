@@ -19,6 +19,7 @@ from medddpm.output_folder import (
     RUN_FOLDER,
     SAMPLE_FOLDER,
     Outputs,
+    atomic_folder,
     atomic_path,
     check_output,
     prepare_output,
@@ -244,6 +245,19 @@ def test_publish_folder_into_a_new_place(tmp_path: Path):
     (tmp / "metrics.json").write_text("{}")
     publish_folder(tmp, final)
     assert tree(tmp_path / "deeper") == ["report/", "report/metrics.json"]
+
+
+def test_atomic_folder_publishes_on_success_and_leaves_the_old_folder_on_failure(tmp_path: Path):
+    final = tmp_path / "report"
+    with atomic_folder(final) as tmp:
+        (tmp / "metrics.json").write_text('{"fid": 1}')
+        assert not final.exists()  # nothing is visible until the block has finished
+    assert tree(tmp_path) == ["report/", "report/metrics.json"]
+    with pytest.raises(RuntimeError), atomic_folder(final) as tmp:
+        (tmp / "metrics.json").write_text('{"fid": 2}')
+        raise RuntimeError("the report failed half-way")
+    assert tree(tmp_path) == ["report/", "report/metrics.json"]  # no temporary left
+    assert (final / "metrics.json").read_text() == '{"fid": 1}'
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any
 
 from medddpm.audit.measure import AuditSettings, measure_audit
 from medddpm.audit.report import write_report
-from medddpm.output_folder import AUDIT_FOLDER, check_output, publish_folder, temporary_folder
+from medddpm.output_folder import AUDIT_FOLDER, atomic_folder, check_output
 from medddpm.runtime import stopwatch
 
 
@@ -70,15 +69,10 @@ def audit(
         device=device,
         log=log,
     )
-    tmp = temporary_folder(audit_dir)
-    try:
+    with atomic_folder(audit_dir) as tmp:
         with stopwatch(m.seconds, m.cpu_seconds)("report"):
             write_report(tmp, m)
         m.seconds["total"] = time.perf_counter() - started
         m.result["seconds"] = {k: round(v, 3) for k, v in m.seconds.items()}
         (tmp / "audit.json").write_text(json.dumps(m.result, indent=2, allow_nan=False) + "\n")
-        publish_folder(tmp, audit_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return AuditResult(m.result, audit_dir, audit_dir / "report.html", m.seconds, m.cpu_seconds)

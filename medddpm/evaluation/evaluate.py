@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import numpy as np
 from medddpm.config import EvalConfig
 from medddpm.evaluation.measure import eval_config, measure
 from medddpm.evaluation.report import write_report
-from medddpm.output_folder import REPORT_FOLDER, check_output, publish_folder, temporary_folder
+from medddpm.output_folder import REPORT_FOLDER, atomic_folder, check_output
 from medddpm.runtime import stopwatch
 
 
@@ -72,8 +71,7 @@ def evaluate(
     metrics, seconds = m.metrics, m.seconds
 
     # 3. Write the report beside its final place, then rename ------------------------------------------
-    tmp = temporary_folder(report_dir)
-    try:
+    with atomic_folder(report_dir) as tmp:
         with stopwatch(seconds, m.cpu_seconds)("report"):
             write_report(tmp, m)
             if save_features:
@@ -81,10 +79,6 @@ def evaluate(
         seconds["total"] = time.perf_counter() - started
         metrics["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
-        publish_folder(tmp, report_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return EvaluationResult(
         metrics, report_dir, report_dir / "report.html", report_dir / "report.md", seconds, m.cpu_seconds
     )
