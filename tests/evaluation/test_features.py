@@ -173,3 +173,14 @@ def test_deeper_resnets_give_features_in_medicalnets_layout(name: str, dim: int,
     assert np.isfinite(feats).all() and not np.allclose(feats[0], feats[1])
     keys = fx.model.state_dict().keys()
     assert ("layer2.0.downsample.0.weight" in keys) == downsample_convs
+
+
+def test_channels_last_on_cpu_gives_the_features_of_the_plain_layout():
+    extractor = build_feature_extractor("resnet10", seed=3)
+    assert extractor.memory_format == torch.channels_last_3d
+    volumes = torch.randn(3, 1, 24, 20, 28, generator=torch.Generator().manual_seed(0))
+    plain = build_resnet("resnet10").eval()
+    plain.load_state_dict(extractor.model.state_dict())
+    with torch.inference_mode():
+        expected = plain(medicalnet_normalize(volumes)).double().numpy()
+    np.testing.assert_allclose(extractor.extract(volumes, batch_size=2), expected, rtol=1e-4, atol=1e-5)
