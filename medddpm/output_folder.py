@@ -1,4 +1,5 @@
-"""The output-folder policy of every command that writes a folder: train, sample, evaluate, audit, demo.
+"""The output-folder policy of every command that writes a folder: train, sample, evaluate, audit, demo,
+study.
 
 1. Check, before any work and writing nothing (``check_output``): the path is a folder or does not
    exist yet, does not lie inside a file, can be written (``os.access`` on the nearest folder that
@@ -324,3 +325,22 @@ DEMO_FOLDER = Outputs(
     folders=("cohort", "run", "samples", "report"),
 )
 """``medddpm demo``: its four parts, each written by the command that makes it."""
+
+STUDY_FOLDER = Outputs(
+    noun="study folder",
+    remedy="pass --overwrite to build the study again (only while no reader has answered), or choose "
+    "another --output",
+    files=(r"key\.json", r"study\.json"),
+    folders=("readers",),
+    whole=True,  # built in temporary_folder, then publish_folder; responses/ (the server's) is not its
+    # own, so a study that holds answers is never replaced
+)
+"""``medddpm study build``: STUDY_DIR. ``study serve`` appends to STUDY_DIR/responses/."""
+
+STUDY_REPORT_FOLDER = Outputs(
+    noun="report folder",
+    remedy="pass --overwrite to replace the earlier analysis, or choose another --output",
+    files=(r"analysis\.json", r"answers\.csv", r"report\.html", r"report\.md", r".+\.png"),
+    whole=True,
+)
+"""``medddpm study analyze``: REPORT_DIR."""
