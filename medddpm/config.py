@@ -190,6 +190,24 @@ class TrainConfig(Section):
     """Also log scalars to RUN_DIR/tensorboard (needs the tensorboard package)."""
 
 
+class ConditionsConfig(Section):
+    types: dict[str, Literal["categorical", "continuous"]] = {}
+    """Kind per variable of the --conditions table, where inference (all numbers: continuous) is wrong."""
+    allow_missing: bool = False
+    """Empty cells are errors unless allowed; allowed, they take the variable's learned 'unknown' vector."""
+    p_all: float = 0.1
+    """Training: probability of dropping every condition of a sample together (classifier-free guidance)."""
+    p_each: float = 0.1
+    """Training: probability of dropping each variable on its own (so any subset can be left unknown)."""
+
+    @field_validator("p_all", "p_each")
+    @classmethod
+    def _probability(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError("must be a probability between 0 and 1")
+        return value
+
+
 class SampleConfig(Section):
     sampler: str = Field(
         "dpm++",
@@ -269,11 +287,24 @@ class Config(Section):
     diffusion: DiffusionConfig = DiffusionConfig()
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
+    conditions: ConditionsConfig = ConditionsConfig()
     eval: EvalConfig = EvalConfig()
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain types only (lists, not tuples), ready for YAML or JSON."""
-        return self.model_dump(mode="json")
+        """Plain types only (lists, not tuples), ready for YAML or JSON.
+
+        A section of OPTIONAL_SECTIONS at its defaults is left out (reading it back gives the same
+        config), so the files of runs that do not use it stay as they were before it existed.
+        """
+        out = self.model_dump(mode="json")
+        for name in OPTIONAL_SECTIONS:
+            if getattr(self, name) == type(getattr(self, name))():
+                del out[name]
+        return out
+
+
+OPTIONAL_SECTIONS = ("conditions",)
+"""Sections that only some runs use (conditioning): left out of saved configs while at their defaults."""
 
 
 # ---------------------------------------------------------------------------------------------

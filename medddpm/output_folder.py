@@ -293,9 +293,10 @@ RUN_FOLDER = Outputs(
 SAMPLE_FOLDER = Outputs(
     noun="output folder",
     remedy="pass --overwrite to replace its samples (nothing else is deleted), or choose another --output",
-    files=(rf"sample_\d+{_SAMPLE_SUFFIX}", r"manifest\.json", r"preview\.png"),
+    files=(rf"sample_\d+{_SAMPLE_SUFFIX}", r"sample_\d+\.json", r"manifest\.json", r"preview\.png"),
     temporaries=(
         _atomic_temporary(r"sample_\d+", _SAMPLE_SUFFIX),
+        _atomic_temporary(r"sample_\d+", r"\.json"),
         _atomic_temporary("manifest", r"\.json"),
         _atomic_temporary("preview", r"\.png"),
     ),

@@ -71,6 +71,30 @@ def sample(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace the samples of another sampling run in OUTPUT.")
     ] = False,
+    condition: Annotated[
+        list[str] | None,
+        typer.Option("--condition", help="name=value for every sample (repeatable); others stay unknown."),
+    ] = None,
+    conditions_csv: Annotated[
+        Path | None,
+        typer.Option("--conditions-csv", help="CSV with one row per sample and one column per variable."),
+    ] = None,
+    match_training: Annotated[
+        bool,
+        typer.Option("--match-training", help="Each sample takes a random training scan's conditions."),
+    ] = False,
+    guidance: Annotated[
+        float,
+        typer.Option(
+            "--guidance", help="Classifier-free guidance W: 1 conditional, 0 unconditional, >1 stronger."
+        ),
+    ] = 1.0,
+    guidance_rescale: Annotated[
+        float, typer.Option("--guidance-rescale", help="Guidance rescale phi in [0, 1] (Lin et al. 2024).")
+    ] = 0.0,
+    extrapolate: Annotated[
+        bool, typer.Option("--extrapolate", help="Allow numbers outside the training range of a variable.")
+    ] = False,
     threads: ThreadsOpt = None,
 ) -> None:
     """Sample synthetic volumes from a trained checkpoint into NIfTI (or NRRD / MHA) files.
@@ -81,7 +105,7 @@ def sample(
     """
     startup_checks()
     threads_used = cpu_threads(threads)  # --threads is checked before anything is read
-    from medddpm.inference.sample_to_folder import checkpoint_config, sample_to_folder
+    from medddpm.inference.sample_to_folder import ConditionRequest, checkpoint_config, sample_to_folder
 
     # The checkpoint is resolved once, so its config and its weights come from the same folder.
     checkpoint_dir, cfg = checkpoint_config(run_dir, checkpoint)
@@ -99,6 +123,14 @@ def sample(
                 device=device,
                 fmt=fmt,
                 overwrite=overwrite,
+                conditions=ConditionRequest(
+                    tuple(condition or ()),
+                    conditions_csv,
+                    match_training,
+                    guidance,
+                    guidance_rescale,
+                    extrapolate,
+                ),
                 log=print_message,
                 on_volumes=on_volumes,
                 on_step=on_step,

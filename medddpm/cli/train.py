@@ -52,6 +52,14 @@ def train(
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="Skip unusable scans (with a warning) instead of stopping.")
     ] = False,
+    conditions: Annotated[
+        Path | None,
+        typer.Option(
+            "--conditions",
+            help="CSV table: a 'file' column naming each scan, one column per variable to condition on "
+            "(text: categorical, numbers: continuous; conditions.types overrides).",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Show config, data, model size and memory estimate; train nothing."),
@@ -98,6 +106,7 @@ def train(
                 resume=resume,
                 overwrite=overwrite,
                 skip_invalid=skip_invalid,
+                conditions=conditions,
                 log=print_message,
                 on_step=on_step,
             )

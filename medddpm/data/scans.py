@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medddpm.config import DataConfig
+from medddpm.data.conditions import TrainingConditions
 from medddpm.data.nifti import ScanInfo, is_nifti, read_scan
 from medddpm.data.transforms import IntensityMapping, OutputGeometry
 from medddpm.errors import InputError
@@ -69,15 +70,24 @@ def preflight(files: Sequence[Path], progress: Callable[[int, int], None] | None
 
 
 def write_dataset_json(
-    path: Path, cfg: DataConfig, result: Preflight, data_dir: Path, geometry: OutputGeometry
+    path: Path,
+    cfg: DataConfig,
+    result: Preflight,
+    data_dir: Path,
+    geometry: OutputGeometry,
+    conditions: TrainingConditions | None = None,
 ) -> None:
     """RUN_DIR/dataset.json: inputs used and skipped, and what sampling needs to write true geometry.
 
     Each file records ``learnt_spacing``: the voxel size (mm, RAS) the model saw it at
-    (``medddpm.data.transforms.OutputGeometry``).
+    (``medddpm.data.transforms.OutputGeometry``), and with ``conditions`` its variables (raw values,
+    null for unknown); ``conditions`` then also records the table and the variables' encoding.
     """
     learnt = zip(result.valid, geometry.per_scan, strict=True)
     files = [{**scan.to_dict(), "learnt_spacing": list(size)} for scan, size in learnt]
+    if conditions is not None:
+        for record, row in zip(files, conditions.rows, strict=True):
+            record["conditions"] = row
     record = {
         "data_dir": str(data_dir),
         "n_used": len(result.valid),
@@ -96,5 +106,7 @@ def write_dataset_json(
             "output_units": IntensityMapping.from_config(cfg).units,
         },
     }
+    if conditions is not None:
+        record["conditions"] = conditions.record()
     with atomic_path(path) as tmp:  # a crash never leaves a half-written dataset.json
         tmp.write_text(json.dumps(record, indent=2))

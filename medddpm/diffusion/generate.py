@@ -9,10 +9,11 @@ voxels by float32 round-off (about 1e-7 in model space), nothing more.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from medddpm.diffusion.guidance import Guided
 from medddpm.diffusion.noise import PerSampleGenerator
 from medddpm.diffusion.samplers import sample, timesteps_for
 from medddpm.diffusion.schedule import NoiseSchedule
@@ -33,6 +34,9 @@ def generate_batches(
     precision: str = "fp32",
     batch_size: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    model_kwargs: Mapping[str, torch.Tensor] | None = None,
+    guidance: float = 1.0,
+    guidance_rescale: float = 0.0,
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Denoise one volume per seed, ``batch_size`` at a time, yielding each batch as it finishes.
 
@@ -43,6 +47,11 @@ def generate_batches(
     PerSampleGenerator of CPU generators seeded with the batch's seeds. ``on_step(i, total)`` is
     called after every network evaluation of a batch (progress bars). The network runs under
     autocast for ``precision`` (bf16 / fp16); the sampler's arithmetic stays in float32.
+
+    ``model_kwargs``: per-sample conditioning, tensors whose first dimension runs over ``seeds``;
+    each batch passes its rows to the sampler (and so to the model) untouched. ``guidance`` W and
+    ``guidance_rescale``: classifier-free guidance (``medddpm.diffusion.guidance.Guided``; W = 1,
+    the default, is the plain conditional model).
     """
     device = torch.device(device)
     model.eval()
@@ -51,15 +60,23 @@ def generate_batches(
         with autocast(precision, device):
             return model(x, t, **model_kwargs).float()
 
+    guided = (
+        network
+        if guidance == 1.0 and guidance_rescale == 0.0
+        else Guided(network, guidance, guidance_rescale)
+    )
     timesteps = timesteps_for(schedule, steps)
     batch_size = batch_size or len(seeds)
     for start in range(0, len(seeds), batch_size):
         batch_seeds = [int(s) for s in seeds[start : start + batch_size]]
         generator = PerSampleGenerator.from_seeds(batch_seeds)
         x_T = generator.randn((len(batch_seeds), 1, *image_size), device=device)
+        rows = slice(start, start + len(batch_seeds))
+        kwargs = {k: v[rows].to(device) for k, v in (model_kwargs or {}).items()}
         x_0 = sample(
-            sampler, network, x_T, schedule, timesteps, eta=eta, generator=generator, callback=on_step
-        )
+            sampler, guided, x_T, schedule, timesteps, eta=eta, generator=generator, model_kwargs=kwargs,
+            callback=on_step,
+        )  # fmt: skip
         yield batch_seeds, x_0.float().clamp(-1, 1).cpu()
 
 
@@ -76,6 +93,9 @@ def generate(
     precision: str = "fp32",
     batch_size: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    model_kwargs: Mapping[str, torch.Tensor] | None = None,
+    guidance: float = 1.0,
+    guidance_rescale: float = 0.0,
 ) -> list[torch.Tensor]:
     """Every volume of ``generate_batches``, in seed order: float32 CPU tensors [1, D, H, W] in [-1, 1]."""
     batches = generate_batches(
@@ -90,5 +110,8 @@ def generate(
         precision=precision,
         batch_size=batch_size,
         on_step=on_step,
+        model_kwargs=model_kwargs,
+        guidance=guidance,
+        guidance_rescale=guidance_rescale,
     )
     return [volume for _, volumes in batches for volume in volumes]

@@ -16,8 +16,9 @@ stays accurate near t = 0. Timesteps are 0-indexed: t = 0 is the least noisy ste
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -98,17 +99,19 @@ def diffusion_loss(
     schedule: NoiseSchedule,
     x0: torch.Tensor,
     generator: RandomSource = None,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> torch.Tensor:
     """Ho et al. Algorithm 1: t ~ U{0..T-1}, eps ~ N(0, I), loss = ||target - model(x_t, t)||² (mean).
 
     x0: [B, C, *spatial] in [-1, 1]. ``generator``: None (torch's global one), one for the batch, or
     a PerSampleGenerator (then a sample's t and eps do not depend on which batch, or which process,
-    it lands in). Each generator draws t first, then eps. Returns a scalar float32 loss.
+    it lands in). Each generator draws t first, then eps. ``model_kwargs`` go to the model untouched
+    (conditioning). Returns a scalar float32 loss.
     """
     t = randint(0, schedule.num_timesteps, (x0.shape[0],), generator, device=x0.device)
     eps = randn(x0.shape, generator, dtype=x0.dtype, device=x0.device)
     xt = schedule.q_sample(x0, t, eps)
-    prediction = model(xt, t)
+    prediction = model(xt, t, **(model_kwargs or {}))
     return torch.nn.functional.mse_loss(prediction.float(), schedule.target(x0, t, eps).float())
 
 

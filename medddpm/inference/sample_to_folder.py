@@ -61,7 +61,9 @@ MANIFEST = "manifest.json"
 PREVIEW = "preview.png"
 PREVIEW_MAX = 8
 """Samples shown in preview.png (one row each)."""
-RECIPE_KEYS = ("sha256", "weights", "sampler", "steps", "eta", "seed", "precision", "format")
+RECIPE_KEYS = (
+    "sha256", "weights", "sampler", "steps", "eta", "seed", "precision", "format", "conditions", "guidance",
+)  # fmt: skip
 """What must match for a folder to be resumed: anything that changes the voxels or the files."""
 
 
@@ -72,6 +74,11 @@ def _no_log(message: str) -> None:
 def sample_name(index: int, fmt: str) -> str:
     """File name of sample ``index``: sample_0000.nii.gz, ..."""
     return f"sample_{index:04d}.{fmt}"
+
+
+def sidecar_name(index: int) -> str:
+    """The JSON beside a conditional sample: its seed, conditions and guidance (sample_0000.json)."""
+    return f"sample_{index:04d}.json"
 
 
 def shard(indices: list[int], rank: int, world_size: int) -> list[int]:
@@ -123,6 +130,8 @@ class _Plan:
     mapping: IntensityMapping
     dtype: type
     recipe: dict[str, Any] = field(default_factory=dict)
+    conditions: SampleConditions | None = None
+    """What each sample is conditioned on; None for an unconditional checkpoint."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,6 +183,7 @@ def _plan(
     precision: str,
     device: str,
     fmt: str,
+    request: ConditionRequest,
 ) -> _Plan:
     from medddpm.models.unet import build_unet
 
@@ -203,8 +213,9 @@ def _plan(
             "meta.json has no valid 'output_spacing' (three voxel sizes in mm)", ckpt.path / "meta.json"
         )
 
+    conditions = resolve_conditions(ckpt, request, num, seed)
     weights_file = ckpt.path / ("ema.safetensors" if ema else "model.safetensors")
-    model = build_unet(cfg.model)
+    model = build_unet(cfg.model, condition_sizes=[] if conditions is None else conditions.spec.sizes)
     load_weights(model, ckpt.weights(ema=ema), weights_file)
     torch_device = resolve_device(device)
     resolved_precision = resolve_precision(precision, torch_device)
@@ -225,6 +236,7 @@ def _plan(
         image_size=tuple(cfg.data.image_size),
         mapping=mapping,
         dtype=np.int16 if mapping.modality == "ct" else np.float32,
+        conditions=conditions,
     )
     plan.recipe = {
         "sha256": plan.sha256,
@@ -236,7 +248,121 @@ def _plan(
         "precision": resolved_precision,
         "format": fmt,
     }
+    if conditions is not None:  # unconditional recipes keep the keys they always had
+        plan.recipe.update(conditions=conditions.source, guidance=conditions.guidance)
     return plan
+
+
+@dataclass(frozen=True)
+class ConditionRequest:
+    """What ``medddpm sample`` is asked to condition on; at most one source of conditions.
+
+    ``assignments``: one value per variable for every sample (``--condition sex=F``); ``table``: a
+    CSV with one row per sample and a column per variable (``--conditions-csv``); ``match_training``:
+    sample i takes the conditions of a training scan drawn with seed + i, so the set follows the
+    training set's proportions. None of them: unconditional samples (every variable unknown).
+    ``guidance``: W (``medddpm.diffusion.guidance``: 1 conditional, 0 unconditional). Variables left
+    out are unknown. Numbers outside the training range are refused unless ``extrapolate``.
+    """
+
+    assignments: tuple[str, ...] = ()
+    table: Path | None = None
+    match_training: bool = False
+    guidance: float = 1.0
+    guidance_rescale: float = 0.0
+    extrapolate: bool = False
+
+    @property
+    def given(self) -> bool:
+        return bool(self.assignments) or self.table is not None or self.match_training
+
+
+@dataclass
+class SampleConditions:
+    """Each sample's conditions (raw values, None unknown) and their encoding for the network."""
+
+    spec: Any  # medddpm.data.conditions.ConditionSpec
+    rows: list[dict[str, Any]]
+    source: dict[str, Any] | None
+    """How the rows were chosen (the manifest's recipe); None: unconditional."""
+    guidance: float
+    guidance_rescale: float
+    values: np.ndarray
+    known: np.ndarray
+
+    def generate_kwargs(self, indices: list[int]) -> dict[str, Any]:
+        """``generate_batches``' conditioning arguments for samples ``indices``."""
+        if self.source is None:  # unconditional: the network without conditions
+            return {}
+        return {
+            "model_kwargs": {
+                "cond_values": torch.from_numpy(self.values[indices]),
+                "cond_known": torch.from_numpy(self.known[indices]),
+            },
+            "guidance": self.guidance,
+            "guidance_rescale": self.guidance_rescale,
+        }
+
+    def describe(self) -> str:
+        if self.source is None:
+            return "none (unconditional samples)"
+        first = ", ".join(f"{k}={v}" for k, v in self.rows[0].items())
+        return f"{next(iter(self.source))} (sample 0: {first}), guidance {self.guidance:g}"
+
+
+def resolve_conditions(
+    ckpt: Checkpoint, request: ConditionRequest, num: int, seed: int
+) -> SampleConditions | None:
+    """Every sample's conditions, checked against the checkpoint's variables; None when the checkpoint
+    is unconditional (and then conditions or guidance are an InputError)."""
+    from medddpm.data.conditions import ConditionSpec, parse_assignments, read_table
+
+    saved = ckpt.meta.get("conditioning")
+    if request.guidance < 0:
+        raise InputError(f"--guidance must be at least 0; got {request.guidance:g}")
+    if not 0 <= request.guidance_rescale <= 1:
+        raise InputError(f"--guidance-rescale must be between 0 and 1; got {request.guidance_rescale:g}")
+    if not saved:
+        if request.given or request.guidance != 1.0:
+            raise InputError(
+                "this checkpoint was trained without conditions (no --conditions table); "
+                "drop --condition, --conditions-csv, --match-training and --guidance",
+                ckpt.path,
+            )
+        return None
+    spec = ConditionSpec.from_dict(saved, ckpt.path / "meta.json")
+    if sum([bool(request.assignments), request.table is not None, request.match_training]) > 1:
+        raise InputError("use one of --condition, --conditions-csv and --match-training")
+    where = None
+    if request.assignments:
+        fixed = parse_assignments(request.assignments)
+        rows: list[dict[str, Any]] = [dict(fixed)] * num
+        source: dict[str, Any] | None = {"condition": fixed}
+        where = ["--condition"] * num
+    elif request.table is not None:
+        header, table = read_table(request.table)
+        if len(table) != num:
+            raise InputError(
+                f"has {len(table)} rows but --num is {num}: give one row per sample", request.table
+            )
+        rows = [{k: v for k, v in r.items() if k != "file"} for r in table]
+        where = [f"{request.table}: row {i + 2}" for i in range(num)]
+        source = {"conditions_csv": {"path": str(request.table), "rows": rows}}
+    elif request.match_training:
+        training = ckpt.meta.get("condition_rows") or []
+        if not training:
+            raise InputError("meta.json holds no training conditions to match", ckpt.path / "meta.json")
+        picks = [
+            int(torch.randint(len(training), (1,), generator=torch.Generator().manual_seed(seed + i)))
+            for i in range(num)
+        ]
+        rows = [training[p] for p in picks]
+        source = {"match_training": True}
+    else:
+        rows, source = [{} for _ in range(num)], None
+    values, known = spec.encode(rows, allow_missing=True, extrapolate=request.extrapolate, where=where)
+    decoded = [spec.decode_row(r) for r in rows]
+    return SampleConditions(spec, decoded, source, request.guidance, request.guidance_rescale, values, known)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,11 +398,11 @@ def check_output_folder(out_dir: Path, recipe: dict[str, Any], overwrite: bool) 
         raise not_empty(out_dir, SAMPLE_FOLDER, " and holds no manifest.json of a sampling run")
     previous = manifest.get("recipe", {})
     for key in RECIPE_KEYS:
-        if previous.get(key) != recipe[key]:
+        if previous.get(key) != recipe.get(key):
             what = "weights (sha256)" if key == "sha256" else key
             raise InputError(
                 f"output folder holds samples of another recipe ({what} {previous.get(key)!r} there, "
-                f"{recipe[key]!r} here); {SAMPLE_FOLDER.remedy}",
+                f"{recipe.get(key)!r} here); {SAMPLE_FOLDER.remedy}",
                 out_dir,
             )
     return "resume"
@@ -378,9 +504,12 @@ def _draw(
     model = plan.model.to(plan.device)
     seeds = [plan.seed + i for i in todo]
     settings = plan.settings
+    cond = plan.conditions
+    guidance = {} if cond is None else cond.generate_kwargs(todo)
     batches = generate_batches(
         model, plan.schedule, plan.image_size, seeds, settings.sampler, settings.steps, eta=settings.eta,
         device=plan.device, precision=plan.precision, batch_size=settings.batch_size, on_step=on_step,
+        **guidance,
     )  # fmt: skip
     records: dict[int, dict[str, Any]] = {}
     t_batch = time.perf_counter()
@@ -391,6 +520,12 @@ def _draw(
             name = sample_name(i, plan.fmt)
             write_volume(plan.mapping.to_output(volume[0].numpy()), out_dir / name, plan.spacing, plan.dtype)
             records[i] = {"index": i, "file": name, "seed": s, "seconds": round(seconds, 4)}
+            if cond is not None:
+                records[i]["conditions"] = cond.rows[i]
+                records[i]["guidance"] = cond.guidance
+                _write_json(
+                    out_dir / sidecar_name(i), {k: v for k, v in records[i].items() if k != "seconds"}
+                )
         on_written(len(batch_seeds))
         t_batch = time.perf_counter()
     return records
@@ -464,6 +599,8 @@ def _finish(
         records.setdefault(
             i, {"index": i, "file": sample_name(i, plan.fmt), "seed": plan.seed + i, "seconds": None}
         )
+        if plan.conditions is not None:
+            records[i].setdefault("conditions", plan.conditions.rows[i])
     if dist.is_main:
         _write_json(out_dir / MANIFEST, _manifest(plan, num, records, "complete", dist, round(wall, 3)))
         _write_preview(plan, out_dir, num)
@@ -484,6 +621,7 @@ def sample_to_folder(
     device: str = "auto",
     fmt: str = "nii.gz",
     overwrite: bool = False,
+    conditions: ConditionRequest | None = None,
     log: Callable[[str], None] = _no_log,
     on_volumes: Callable[[int, int], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
@@ -493,14 +631,26 @@ def sample_to_folder(
     ``run_dir``: a run folder or a checkpoint folder; ``checkpoint``: latest, step-N or a folder.
     ``settings``: sampler, steps, eta and batch size; None takes the checkpoint config's ``sample``
     section (``checkpoint_config(...)[1].sample.with_flags(steps=10)`` changes one of them).
-    ``precision`` and ``device`` are this machine's, not the recipe's. Rank 0 alone logs and reports
-    progress: ``on_volumes(done, total)`` for its share of the samples (files already there count
-    as done), ``on_step(i, total)`` for each network evaluation of the current batch. Log lines
-    are plain text.
+    ``precision`` and ``device`` are this machine's, not the recipe's. ``conditions``: what to
+    condition on and the guidance (``ConditionRequest``; None: unconditional, W = 1). Rank 0 alone
+    logs and reports progress: ``on_volumes(done, total)`` for its share of the samples (files
+    already there count as done), ``on_step(i, total)`` for each network evaluation of the current
+    batch. Log lines are plain text.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     # 1. Everything checked before the output folder is touched.
-    plan = _plan(run_dir, num, checkpoint, settings, seed, ema, precision, device, fmt)
+    plan = _plan(
+        run_dir,
+        num,
+        checkpoint,
+        settings,
+        seed,
+        ema,
+        precision,
+        device,
+        fmt,
+        conditions or ConditionRequest(),
+    )
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     dist = init_distributed(plan.device)
     try:
@@ -523,6 +673,8 @@ def sample_to_folder(
         missing = missing_samples(out_dir, num, plan.fmt)
         if state == "resume":
             log(f"Resuming {out_dir}: {num - len(missing)} of {num} samples are there")
+        if plan.conditions is not None:
+            log(f"Conditions: {plan.conditions.describe()}")
         log(
             f"Sampling {len(missing)} volume{'s' if len(missing) != 1 else ''} from {plan.checkpoint.path} "
             f"({plan.weights_file.name}, step {plan.checkpoint.step}): {plan.settings.sampler}, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import torch
 from monai.networks.nets import DiffusionModelUNet
@@ -11,9 +12,17 @@ from torch.utils.checkpoint import checkpoint
 from medddpm.config import ModelConfig
 
 
-def build_unet(cfg: ModelConfig, spatial_dims: int = 3) -> DiffusionModelUNet:
-    """A single-channel U-Net mapping (x_t [B, 1, *spatial], t [B]) to eps or v of the same shape."""
-    model = DiffusionModelUNet(
+def build_unet(
+    cfg: ModelConfig, spatial_dims: int = 3, condition_sizes: Sequence[int] = ()
+) -> DiffusionModelUNet:
+    """A single-channel U-Net mapping (x_t [B, 1, *spatial], t [B]) to eps or v of the same shape.
+
+    ``condition_sizes``: per condition variable, its number of categories or 0 for a continuous one
+    (``medddpm.data.conditions.ConditionSpec.sizes``); with any, the network is a ConditionalUNet
+    that also takes ``cond_values`` and ``cond_known`` (``medddpm.models.conditioning``). Without,
+    it is MONAI's DiffusionModelUNet itself.
+    """
+    kwargs = dict(
         spatial_dims=spatial_dims,
         in_channels=1,
         out_channels=1,
@@ -24,6 +33,12 @@ def build_unet(cfg: ModelConfig, spatial_dims: int = 3) -> DiffusionModelUNet:
         norm_num_groups=cfg.norm_num_groups,
         use_flash_attention=cfg.use_flash_attention,
     )
+    if condition_sizes:
+        from medddpm.models.conditioning import ConditionalUNet
+
+        model: DiffusionModelUNet = ConditionalUNet(condition_sizes, **kwargs)
+    else:
+        model = DiffusionModelUNet(**kwargs)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     return model

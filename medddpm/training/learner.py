@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -144,15 +144,17 @@ def build_learner(
     precision: str,
     dist: Distributed,
     memory_format: torch.memory_format | None = None,
+    condition_sizes: Sequence[int] = (),
 ) -> Learner:
     """The U-Net on ``device`` with its EMA copy, AdamW, warm-up + cosine LR and grad scaler (fp16
     only), and the network the forward pass runs: wrapped in DDP under torchrun, compiled with
     ``train.compile``. Draws the initial weights from torch's global generator. ``memory_format``:
     the weights' layout (default: ``preferred_memory_format(device)``; results differ only by
-    float rounding)."""
+    float rounding). ``condition_sizes``: the condition variables (``build_unet``); none: unconditional."""
     tc = cfg.train
     model = to_memory_format(
-        build_unet(cfg.model).to(device), memory_format or preferred_memory_format(device)
+        build_unet(cfg.model, condition_sizes=condition_sizes).to(device),
+        memory_format or preferred_memory_format(device),
     )
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -183,7 +185,9 @@ def lr_lambda(cfg_warmup: int, max_steps: int, min_ratio: float) -> Callable[[in
     return factor
 
 
-def read_learner_state(checkpoint: Checkpoint, cfg: Config) -> dict[str, Any]:
+def read_learner_state(
+    checkpoint: Checkpoint, cfg: Config, condition_sizes: Sequence[int] = ()
+) -> dict[str, Any]:
     """Read and check every file of the checkpoint to resume from, before the run folder is touched.
 
     Returns a state for ``Learner.load_state_dict``. Raises InputError naming the file (or the
@@ -195,7 +199,7 @@ def read_learner_state(checkpoint: Checkpoint, cfg: Config) -> dict[str, Any]:
     state: dict[str, Any] = {}
     with torch.device("meta"), warnings.catch_warnings():  # shapes only: no memory for a second model
         warnings.simplefilter("ignore")
-        shapes = build_unet(cfg.model)
+        shapes = build_unet(cfg.model, condition_sizes=condition_sizes)
         for key in ("model", "ema"):
             state[key] = checkpoint.weights(ema=key == "ema")
             load_weights(shapes, state[key], checkpoint.file(key))

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from medddpm.config import Config, TrainConfig, save_config
+from medddpm.config import ConditionsConfig, Config, TrainConfig, save_config
+from medddpm.data.conditions import TrainingConditions, match_table
 from medddpm.data.scans import Preflight, discover_scans, preflight, write_dataset_json
 from medddpm.data.transforms import OutputGeometry, build_dataset, output_geometry
 from medddpm.diffusion.noise import PerSampleGenerator
@@ -84,12 +85,14 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     skip_invalid: bool = False,
+    conditions: str | Path | None = None,
     log: Callable[[str], None] = _no_log,
     on_step: Callable[[StepLog], None] | None = None,
 ) -> TrainResult:
     """Train a DDPM on the NIfTI scans below ``data_dir``, writing everything into ``run_dir``.
 
-    One call per numbered step of the module docstring. ``log`` receives one line per event
+    One call per numbered step of the module docstring. ``conditions``: a CSV table of per-scan
+    variables to condition on (``medddpm.data.conditions``). ``log`` receives one line per event
     (process 0 only); ``on_step`` a StepLog after every step (process 0 only).
     """
     data_dir, run_dir = Path(data_dir), Path(run_dir)
@@ -97,13 +100,20 @@ def train(
     if not compute.dist.is_main:
         log = _no_log  # under torchrun, process 0 speaks for all
     found, resume_state = check_inputs(
-        cfg, data_dir, run_dir, compute.dist, resume=resume, overwrite=overwrite, skip_invalid=skip_invalid
+        cfg,
+        data_dir,
+        run_dir,
+        compute.dist,
+        resume=resume,
+        overwrite=overwrite,
+        skip_invalid=skip_invalid,
+        conditions=conditions,
     )
     report_inputs(found, run_dir, resume, log)
     dataset = prepare_run_folder(
         cfg, found, data_dir, run_dir, compute.dist, resume=resume, overwrite=overwrite
     )
-    learner = start_learner(cfg, compute, resume_state, log)
+    learner = start_learner(cfg, compute, resume_state, log, found.condition_sizes)
     del resume_state  # the checkpoint's weights and optimizer moments: in the learner now
     log(describe_run(len(dataset), learner, compute, cfg.train))
     return run_loop(learner, dataset, cfg, compute, found, run_dir, data_dir, log, on_step)
@@ -135,6 +145,12 @@ class CheckedInputs:
     scans: Preflight
     geometry: OutputGeometry  # voxel sizes the scans were learnt at, and the one samples get
     start: Checkpoint | None  # the checkpoint to resume from
+    conditions: TrainingConditions | None = None  # per-scan variables, in the order of scans.valid
+
+    @property
+    def condition_sizes(self) -> list[int]:
+        """Per variable: categories or 0 (continuous); empty for an unconditional run."""
+        return [] if self.conditions is None else self.conditions.spec.sizes
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -151,6 +167,7 @@ def check_inputs(
     resume: bool,
     overwrite: bool,
     skip_invalid: bool,
+    conditions: str | Path | None = None,
 ) -> tuple[CheckedInputs, dict | None]:
     """2. Check the run folder, the checkpoint to resume from and every scan; write nothing.
 
@@ -159,23 +176,47 @@ def check_inputs(
     anything (no process waits in a barrier for one that gave up).
     """
     failure: InputError | None = None
-    start = state = None
+    start = state = table = None
     try:
         check_run_dir(run_dir, resume, overwrite)
         checkpoints = list_checkpoints(run_dir) if resume else []
         start = open_checkpoint(checkpoints[-1][1]) if checkpoints else None
-        if start is not None:
-            state = read_learner_state(start, cfg)
         scans = preflight(discover_scans(data_dir))
         if scans.skipped and not skip_invalid:
             raise InputError(scans.error_report())
         if not scans.valid:
             raise InputError("no usable scans after preflight", data_dir)
         geometry = output_geometry(cfg.data, scans.valid)
+        if conditions is not None:
+            table = read_conditions(conditions, scans, data_dir, cfg.conditions)
+        if start is not None:
+            check_resume_conditions(start, table)
+            state = read_learner_state(start, cfg, [] if table is None else table.spec.sizes)
     except InputError as e:
         failure = e
     dist.agree(failure, resume_from_step=None if start is None else start.step)
-    return CheckedInputs(scans, geometry, start), state
+    return CheckedInputs(scans, geometry, start, table), state
+
+
+def read_conditions(
+    table: str | Path, scans: Preflight, data_dir: Path, cc: ConditionsConfig
+) -> TrainingConditions:
+    """The conditions table matched to the usable scans (``medddpm.data.conditions.match_table``)."""
+    return match_table(table, [Path(s.path) for s in scans.valid], data_dir, cc.types, cc.allow_missing)
+
+
+def check_resume_conditions(start: Checkpoint, table: TrainingConditions | None) -> None:
+    """A resumed run conditions on the same variables, encoded the same way, as its checkpoint."""
+    saved = start.meta.get("conditioning")
+    now = None if table is None else table.spec.to_dict()
+    if (saved or None) != now:
+        what = "no --conditions table" if now is None else "a --conditions table"
+        had = "conditioned on variables" if saved else "was unconditional"
+        raise InputError(
+            f"cannot resume: the checkpoint {had}, and this run has {what} "
+            "(or its variables, categories or statistics differ); train into a new folder",
+            start.path,
+        )
 
 
 def report_inputs(found: CheckedInputs, run_dir: Path, resume: bool, log: Callable[[str], None]) -> None:
@@ -210,7 +251,9 @@ def prepare_run_folder(
     if dist.is_main:
         prepare_run_dir(run_dir, resume, overwrite)
         save_config(cfg, run_dir / "config.yaml")
-        write_dataset_json(run_dir / "dataset.json", cfg.data, found.scans, data_dir, found.geometry)
+        write_dataset_json(
+            run_dir / "dataset.json", cfg.data, found.scans, data_dir, found.geometry, found.conditions
+        )
     dist.barrier()
     return build_dataset(
         cfg.data, [s.path for s in found.scans.valid], run_dir / "cache", cfg.data.num_workers
@@ -218,7 +261,11 @@ def prepare_run_folder(
 
 
 def start_learner(
-    cfg: Config, compute: Compute, resume_state: dict | None, log: Callable[[str], None]
+    cfg: Config,
+    compute: Compute,
+    resume_state: dict | None,
+    log: Callable[[str], None],
+    condition_sizes: Sequence[int] = (),
 ) -> Learner:
     """4. A learner with fresh weights drawn from ``train.seed``, then the resumed state put back."""
     device, precision = compute.device, compute.precision
@@ -227,7 +274,7 @@ def start_learner(
     if bf16_warning:
         log(f"warning: {bf16_warning}")
     seed_everything(cfg.train.seed)
-    learner = build_learner(cfg, device, precision, compute.dist)
+    learner = build_learner(cfg, device, precision, compute.dist, condition_sizes=condition_sizes)
     if resume_state is not None:
         learner.load_state_dict(resume_state)  # RNG states included: after the draws above
     return learner
@@ -261,7 +308,7 @@ def run_loop(
     """
     tc, dist, device = cfg.train, compute.dist, compute.device
     schedule = NoiseSchedule.from_config(cfg.diffusion)
-    checkpoints = CheckpointWriter(run_dir, cfg, found.spacing, dist, found.start)
+    checkpoints = CheckpointWriter(run_dir, cfg, found.spacing, dist, found.start, found.conditions)
     records = RunRecords(run_dir, tc, learner.step if found.start else None, enabled=dist.is_main)
     stop = StopRequest()
     nonfinite_in_a_row = 0
@@ -271,7 +318,16 @@ def run_loop(
         stop.listen()
         while learner.step < tc.max_steps:
             loss, grad_norm = train_step(
-                learner, schedule, dataset, learner.samples_seen, tc, dist, device, compute.precision
+                learner,
+                schedule,
+                dataset,
+                learner.samples_seen,
+                tc,
+                dist,
+                device,
+                compute.precision,
+                found.conditions,
+                cfg.conditions,
             )
             nonfinite_in_a_row = 0 if learner.count_step(loss, grad_norm) else nonfinite_in_a_row + 1
             check_diverged(nonfinite_in_a_row, learner.step, tc)
@@ -362,9 +418,14 @@ class CheckpointWriter:
         spacing: tuple[float, float, float],
         dist: Distributed,
         start: Checkpoint | None,
+        conditions: TrainingConditions | None = None,
     ):
         self.run_dir, self.keep_last, self.dist = run_dir, cfg.train.keep_last, dist
         self.meta = {"config": cfg.to_dict(), "output_spacing": list(spacing), "versions": library_versions()}
+        if conditions is not None:
+            # What sampling needs: the encoding, and the training rows (--match-training draws from them).
+            self.meta["conditioning"] = conditions.spec.to_dict()
+            self.meta["condition_rows"] = conditions.rows
         self.last: Path | None = start.path if start is not None else None
 
     def save(self, learner: Learner) -> None:
@@ -406,6 +467,27 @@ def sample_generators(seed: int, position: int, count: int, device: torch.device
     return PerSampleGenerator.from_seeds(seeds, device)
 
 
+def condition_dropout(
+    known: torch.Tensor, seed: int, position: int, p_all: float, p_each: float
+) -> torch.Tensor:
+    """``known`` [B, V] with conditions dropped for classifier-free guidance (Ho & Salimans 2022):
+    each row all together with probability ``p_all``, else each variable alone with ``p_each``.
+
+    Dropping only one variable at a time would leave the others to reveal it; dropping all together
+    trains the unconditional model that guidance and unconditional sampling use. Row i's draws come
+    from a generator seeded by (seed, stream position + i), so resuming draws the same.
+    """
+    keep = known.clone()
+    for i in range(known.shape[0]):
+        g = torch.Generator().manual_seed(((seed + 1) * 2**41 + position + i) % 2**63)
+        u = torch.rand(1 + known.shape[1], generator=g)
+        if u[0] < p_all:
+            keep[i] = False
+        else:
+            keep[i] &= (u[1:] >= p_each).to(keep.device)
+    return keep
+
+
 def train_step(
     learner: Learner,
     schedule: NoiseSchedule,
@@ -415,9 +497,12 @@ def train_step(
     dist: Distributed,
     device: torch.device,
     precision: str,
+    conditions: TrainingConditions | None = None,
+    cc: ConditionsConfig | None = None,
 ) -> tuple[float, float]:
     """One optimizer step from stream position ``samples_seen``: ``grad_accum`` micro-batches
-    (batch assembly from the cache, loss, backward), unscale, clip, AdamW, EMA, LR schedule.
+    (batch assembly from the cache, conditions with dropout, loss, backward), unscale, clip, AdamW,
+    EMA, LR schedule.
 
     Returns this process's (loss, grad_norm). When either is not finite the update is skipped
     (weights, EMA and AdamW moments untouched); the caller counts such steps.
@@ -428,10 +513,21 @@ def train_step(
         idx = batch_indices(position, tc.batch_size, len(dataset), tc.seed)
         x0 = torch.stack([dataset[i]["image"] for i in idx]).to(device, non_blocking=True)
         g = sample_generators(tc.seed, position, tc.batch_size, device)
+        kwargs = {}
+        if conditions is not None:
+            cc = cc or ConditionsConfig()
+            known = condition_dropout(
+                torch.from_numpy(conditions.known[idx]), tc.seed, position, cc.p_all, cc.p_each
+            )
+            kwargs = {
+                "cond_values": torch.from_numpy(conditions.values[idx]).to(device),
+                "cond_known": known.to(device),
+            }
         sync = micro == tc.grad_accum - 1 or not dist.enabled
         with learner.network.no_sync() if not sync else contextlib.nullcontext():
             with autocast(precision, device):
-                loss = diffusion_loss(learner.network, schedule, x0, generator=g) / tc.grad_accum
+                loss = diffusion_loss(learner.network, schedule, x0, generator=g, model_kwargs=kwargs)
+                loss = loss / tc.grad_accum
             learner.scaler.scale(loss).backward()
         loss_sum += float(loss.detach())
     learner.scaler.unscale_(learner.optimizer)

@@ -179,3 +179,19 @@ def test_batches_cover_each_epoch_once():
     seen = [i for b in range(5) for i in batch_indices(b * 2, 2, 10, seed=3)]
     assert sorted(seen) == list(range(10))
     assert batch_indices(0, 2, 10, seed=3) != batch_indices(0, 2, 10, seed=4)
+
+
+def test_condition_dropout_drops_all_together_or_each_alone():
+    from medddpm.training.loop import condition_dropout
+
+    known = torch.ones(4000, 3, dtype=torch.bool)
+    assert torch.equal(condition_dropout(known, 0, 0, 0.0, 0.0), known)
+    assert not condition_dropout(known, 0, 0, 1.0, 0.0).any()
+    kept = condition_dropout(known, 0, 0, 0.2, 0.3)
+    all_dropped = (~kept).all(dim=1).float().mean()
+    # P(all dropped) = p_all + (1 - p_all) p_each^3; P(one kept) = (1 - p_all)(1 - p_each)
+    assert all_dropped == pytest.approx(0.2 + 0.8 * 0.3**3, abs=0.02)
+    assert kept.float().mean() == pytest.approx(0.8 * 0.7, abs=0.02)
+    # A pure function of (seed, stream position): resuming draws the same; unknown stays unknown.
+    assert torch.equal(condition_dropout(known[10:20], 0, 10, 0.2, 0.3), kept[10:20])
+    assert not condition_dropout(torch.zeros(5, 3, dtype=torch.bool), 0, 0, 0.0, 0.0).any()
