@@ -281,6 +281,62 @@ class EvalConfig(Section):
     """k for precision / recall / density / coverage (Naeem et al. 2020)."""
 
 
+class AutoencoderConfig(Section):
+    """``medddpm train-autoencoder``: the AutoencoderKL, its losses and its patches. The optimizer,
+    steps, EMA, precision, seed and checkpointing come from the ``train`` section, as for ``train``."""
+
+    channels: tuple[int, ...] = (64, 128, 256)
+    """Feature channels per level; three levels downsample 4x per side (Rombach et al. 2022, f=4)."""
+    latent_channels: int = 4
+    """Channels of the latent z; 4 at f=4 keeps fine detail (Rombach et al. 2022, Table 8)."""
+    num_res_blocks: int = 1
+    """Residual blocks per level; one keeps 3D memory in check (MONAI's 3D LDM tutorial)."""
+    norm_num_groups: int = 32
+    """GroupNorm groups; must divide every entry of channels."""
+    attention: bool = False
+    """Self-attention at the bottleneck: its memory grows with latent voxels squared (MAISI has none)."""
+    patch_size: tuple[int, int, int] = (64, 64, 64)
+    """Random patches trained on (voxels, cut to data.image_size): they bound memory at any volume size."""
+    kl_weight: float = 1e-7
+    """KL(q(z|x) || N(0, I)) weight: just enough to keep the latent scale bounded (MAISI)."""
+    adversarial_weight: float = 0.01
+    """PatchGAN generator loss weight: sharpens texture that L1 blurs (MONAI's 3D LDM tutorial)."""
+    adversarial_warmup_steps: int = 2000
+    """Steps of L1 + KL alone before the discriminator joins: it cannot help a blurry start."""
+    discriminator_channels: int = 32
+    """Channels of the PatchDiscriminator's first layer (MONAI's 3D LDM tutorial)."""
+    discriminator_layers: int = 3
+    """Strided layers of the PatchDiscriminator: a 70-voxel receptive field."""
+    discriminator_lr: float = 1e-4
+    """Adam learning rate of the discriminator (constant)."""
+    perceptual_weight: float = 0.001
+    """Weight of the perceptual loss, used only with --perceptual medicalnet:PATH (local weights)."""
+    perceptual: str | None = None
+    """Perceptual loss from local weights only, 'medicalnet:PATH' (a MedicalNet ResNet file); None: none."""
+    held_out: float = 0.1
+    """Fraction of scans (at least one of two or more) kept out of training to measure reconstruction on."""
+    overlap: float = 0.5
+    """Sliding-window overlap when a whole volume is encoded or decoded tile by tile."""
+
+    _patch = field_validator("patch_size", mode="before")(lambda v: _triple(v, "patch_size"))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AutoencoderConfig:
+        for c in self.channels:
+            if c % self.norm_num_groups:
+                raise ValueError(f"norm_num_groups={self.norm_num_groups} must divide channel count {c}")
+        factor = 2 ** (len(self.channels) - 1)
+        if any(p % factor for p in self.patch_size):
+            raise ValueError(f"every side of patch_size must be a multiple of {factor} (the downsampling)")
+        if self.perceptual is not None and not self.perceptual.startswith("medicalnet:"):
+            raise ValueError("perceptual takes medicalnet:PATH (a local MedicalNet ResNet weights file)")
+        if not 0 <= self.held_out < 1:
+            raise ValueError("held_out is a fraction in [0, 1)")
+        if not 0 <= self.overlap < 1:
+            raise ValueError("overlap is a fraction in [0, 1)")
+        return self
+
+
 class Config(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -289,6 +345,7 @@ class Config(Section):
     sample: SampleConfig = SampleConfig()
     conditions: ConditionsConfig = ConditionsConfig()
     eval: EvalConfig = EvalConfig()
+    autoencoder: AutoencoderConfig = AutoencoderConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (lists, not tuples), ready for YAML or JSON.

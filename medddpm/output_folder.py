@@ -290,6 +290,23 @@ RUN_FOLDER = Outputs(
 )
 """``medddpm train``: RUN_DIR (checkpoints/ removes its own temporaries as it writes)."""
 
+AUTOENCODER_FOLDER = Outputs(
+    noun="autoencoder folder",
+    remedy="pass --resume to continue this run, --overwrite to start again (deleting only the run's "
+    "own files), or choose another --output",
+    files=(r"config\.yaml", r"dataset\.json", r"metrics\.csv", r"reconstruction\.json"),
+    folders=("checkpoints", "previews", "cache", "tensorboard"),
+    temporaries=(
+        _atomic_temporary("config", r"\.yaml"),
+        _atomic_temporary("dataset", r"\.json"),
+        _atomic_temporary("reconstruction", r"\.json"),
+    ),
+)
+"""``medddpm train-autoencoder``: AE_DIR, a run folder plus its reconstruction metrics."""
+
+RUN_FOLDERS = {"diffusion": RUN_FOLDER, "autoencoder": AUTOENCODER_FOLDER}
+"""The run folder of each kind of run (the "kind" in its checkpoints' meta.json)."""
+
 SAMPLE_FOLDER = Outputs(
     noun="output folder",
     remedy="pass --overwrite to replace its samples (nothing else is deleted), or choose another --output",

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from medddpm.cli import audit, demo, evaluate, info, sample, study, train
+from medddpm.cli import audit, demo, evaluate, info, sample, study, train, train_autoencoder
 from medddpm.cli.options import console, is_main_process
 
 app = typer.Typer(
@@ -54,6 +54,7 @@ COMMAND_CLASSES = {sample.sample: sample.SampleCommand}
 """Commands whose help is completed when it is shown (sample: from the sampler registry)."""
 for command in (train.train, sample.sample, evaluate.evaluate, audit.audit, demo.demo, info.info):
     app.command(cls=COMMAND_CLASSES.get(command))(command)
+app.command("train-autoencoder")(train_autoencoder.train_autoencoder)
 app.add_typer(study.app, name="study")
 
 

@@ -14,7 +14,9 @@ from medddpm.cli.options import (
 )
 
 
-def info(path: Annotated[Path, typer.Argument(help="A NIfTI file, or a folder of them.")]) -> None:
+def info(
+    path: Annotated[Path, typer.Argument(help="A NIfTI file, a folder of them, or an autoencoder folder.")],
+) -> None:
     """Shape, spacing, orientation, data type and intensity range of a scan or of every scan in a folder."""
     startup_checks()
     from rich.table import Table
@@ -23,6 +25,13 @@ def info(path: Annotated[Path, typer.Argument(help="A NIfTI file, or a folder of
     from medddpm.data.scans import discover_scans
     from medddpm.errors import InputError
 
+    if path.is_dir():
+        from medddpm.training.autoencoder import describe_folder
+
+        facts = describe_folder(path)
+        if facts is not None:
+            Console(highlight=False).print("\n".join(facts))
+            return
     files = discover_scans(path)
     table = Table(title=f"{len(files)} scan{'s' if len(files) != 1 else ''} in {path}")
     for column in ("file", "shape", "spacing (mm)", "axes", "dtype", "intensity range", "note"):

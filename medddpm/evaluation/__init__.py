@@ -1,6 +1,7 @@
 """``medddpm evaluate``, measuring apart from rendering:
 
 - ``features``: feature networks (MedicalNet-style 3D ResNets); ``metrics``: metrics as pure functions;
+- ``reconstruction``: an autoencoder's reconstruction against its scan (PSNR, SSIM, MAE, correlation);
 - ``specs``: the table of reported metrics (key, label, direction, format, caveat, summary wording)
   that every output below reads;
 - ``measure``: two folders -> every number of metrics.json, as a typed result (the measuring side);

@@ -145,17 +145,20 @@ def build_learner(
     dist: Distributed,
     memory_format: torch.memory_format | None = None,
     condition_sizes: Sequence[int] = (),
+    model: torch.nn.Module | None = None,
 ) -> Learner:
     """The U-Net on ``device`` with its EMA copy, AdamW, warm-up + cosine LR and grad scaler (fp16
     only), and the network the forward pass runs: wrapped in DDP under torchrun, compiled with
     ``train.compile``. Draws the initial weights from torch's global generator. ``memory_format``:
     the weights' layout (default: ``preferred_memory_format(device)``; results differ only by
-    float rounding). ``condition_sizes``: the condition variables (``build_unet``); none: unconditional."""
+    float rounding). ``condition_sizes``: the condition variables (``build_unet``); none: unconditional.
+    ``model``: another network to train (the autoencoder), kept in its own layout."""
     tc = cfg.train
-    model = to_memory_format(
-        build_unet(cfg.model, condition_sizes=condition_sizes).to(device),
-        memory_format or preferred_memory_format(device),
-    )
+    if model is None:
+        model = to_memory_format(
+            build_unet(cfg.model, condition_sizes=condition_sizes).to(device),
+            memory_format or preferred_memory_format(device),
+        )
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -186,20 +189,26 @@ def lr_lambda(cfg_warmup: int, max_steps: int, min_ratio: float) -> Callable[[in
 
 
 def read_learner_state(
-    checkpoint: Checkpoint, cfg: Config, condition_sizes: Sequence[int] = ()
+    checkpoint: Checkpoint,
+    cfg: Config,
+    build_model: Callable[[Config], torch.nn.Module] | None = None,
+    frozen: tuple[str, ...] = FROZEN_SECTIONS,
+    condition_sizes: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Read and check every file of the checkpoint to resume from, before the run folder is touched.
 
     Returns a state for ``Learner.load_state_dict``. Raises InputError naming the file (or the
     checkpoint) for a config whose data, model or diffusion section differs from the checkpoint's,
     weights that are corrupt or do not fit the model config, and a training state that is corrupt,
-    incomplete, or holds anything but tensors and plain types (weights_only=True).
+    incomplete, or holds anything but tensors and plain types (weights_only=True). ``build_model``
+    and ``frozen``: the network the weights must fit (default: the U-Net, conditioned on
+    ``condition_sizes``), and the config sections that must not change.
     """
-    check_resume_config(cfg, checkpoint.config, checkpoint.path)
+    check_resume_config(cfg, checkpoint.config, checkpoint.path, frozen)
     state: dict[str, Any] = {}
     with torch.device("meta"), warnings.catch_warnings():  # shapes only: no memory for a second model
         warnings.simplefilter("ignore")
-        shapes = build_unet(cfg.model, condition_sizes=condition_sizes)
+        shapes = build_model(cfg) if build_model else build_unet(cfg.model, condition_sizes=condition_sizes)
         for key in ("model", "ema"):
             state[key] = checkpoint.weights(ema=key == "ema")
             load_weights(shapes, state[key], checkpoint.file(key))
@@ -208,10 +217,12 @@ def read_learner_state(
     return state
 
 
-def check_resume_config(cfg: Config, saved: Config, source: Path) -> None:
-    """The data, model and diffusion sections must match the checkpoint; train and sample may change."""
+def check_resume_config(
+    cfg: Config, saved: Config, source: Path, frozen: tuple[str, ...] = FROZEN_SECTIONS
+) -> None:
+    """The ``frozen`` sections (data, model, diffusion) must match the checkpoint."""
     new, old = cfg.to_dict(), saved.to_dict()
-    for section in FROZEN_SECTIONS:
+    for section in frozen:
         for key, value in old[section].items():
             if new[section].get(key) != value:
                 raise InputError(

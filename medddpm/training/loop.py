@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import signal
 import time
@@ -57,6 +58,9 @@ from medddpm.training.checkpoint import Checkpoint, list_checkpoints, open_check
 from medddpm.training.learner import Learner, build_learner, read_learner_state
 from medddpm.training.monitor import RunRecords, StepLog, write_preview
 from medddpm.training.stopping import StopRequest, out_of_time
+
+DIFFUSION = "diffusion"
+"""The kind of run ``train`` writes (``train-autoencoder`` writes "autoencoder" runs)."""
 
 
 @dataclass
@@ -168,17 +172,21 @@ def check_inputs(
     overwrite: bool,
     skip_invalid: bool,
     conditions: str | Path | None = None,
+    kind: str = DIFFUSION,
+    read_state: Callable[..., dict] = read_learner_state,
 ) -> tuple[CheckedInputs, dict | None]:
     """2. Check the run folder, the checkpoint to resume from and every scan; write nothing.
 
     Returns what was found and the learner state to resume from (None: start afresh). Runs on
     every process; ``dist.agree`` makes them all raise if any one fails, before process 0 writes
-    anything (no process waits in a barrier for one that gave up).
+    anything (no process waits in a barrier for one that gave up). ``kind``: the kind of run
+    (``meta.json``'s "kind"; a folder holding another kind is refused), ``read_state``: how its
+    checkpoint is read and checked.
     """
     failure: InputError | None = None
     start = state = table = None
     try:
-        check_run_dir(run_dir, resume, overwrite)
+        check_run_dir(run_dir, resume, overwrite, kind)
         checkpoints = list_checkpoints(run_dir) if resume else []
         start = open_checkpoint(checkpoints[-1][1]) if checkpoints else None
         scans = preflight(discover_scans(data_dir))
@@ -191,7 +199,8 @@ def check_inputs(
             table = read_conditions(conditions, scans, data_dir, cfg.conditions)
         if start is not None:
             check_resume_conditions(start, table)
-            state = read_learner_state(start, cfg, [] if table is None else table.spec.sizes)
+            sizes = {} if table is None else {"condition_sizes": table.spec.sizes}
+            state = read_state(start, cfg, **sizes)
     except InputError as e:
         failure = e
     dist.agree(failure, resume_from_step=None if start is None else start.step)
@@ -244,12 +253,13 @@ def prepare_run_folder(
     *,
     resume: bool,
     overwrite: bool,
+    kind: str = DIFFUSION,
 ) -> Sequence[dict]:
     """3. Process 0 writes the run folder's config.yaml and dataset.json; then every process opens
     the dataset (items ``{"image": [1, D, H, W] in [-1, 1]}``), preprocessing each scan once into
     the cache."""
     if dist.is_main:
-        prepare_run_dir(run_dir, resume, overwrite)
+        prepare_run_dir(run_dir, resume, overwrite, kind)
         save_config(cfg, run_dir / "config.yaml")
         write_dataset_json(
             run_dir / "dataset.json", cfg.data, found.scans, data_dir, found.geometry, found.conditions
@@ -309,6 +319,49 @@ def run_loop(
     tc, dist, device = cfg.train, compute.dist, compute.device
     schedule = NoiseSchedule.from_config(cfg.diffusion)
     checkpoints = CheckpointWriter(run_dir, cfg, found.spacing, dist, found.start, found.conditions)
+
+    def take_step() -> tuple[float, float]:
+        return train_step(
+            learner,
+            schedule,
+            dataset,
+            learner.samples_seen,
+            tc,
+            dist,
+            device,
+            compute.precision,
+            found.conditions,
+            cfg.conditions,
+        )
+
+    def preview(step: int) -> None:
+        write_preview(
+            learner.ema.module, schedule, cfg, step, run_dir, found.spacing, device, compute.precision
+        )
+
+    return run_steps(
+        learner, take_step, preview, checkpoints, tc, compute, found, run_dir, data_dir, log, on_step
+    )
+
+
+def run_steps(
+    learner: Learner,
+    take_step: Callable[[], tuple[float, float]],
+    preview: Callable[[int], None],
+    checkpoints: CheckpointWriter,
+    tc: TrainConfig,
+    compute: Compute,
+    found: CheckedInputs,
+    run_dir: Path,
+    data_dir: Path,
+    log: Callable[[str], None],
+    on_step: Callable[[StepLog], None] | None,
+    command: str = "train",
+) -> TrainResult:
+    """The loop of ``run_loop`` for any learner: ``take_step()`` takes one optimizer step and returns
+    (loss, grad_norm); ``preview(step)`` writes a preview (process 0). ``command``: the medddpm
+    command named in the advice to resume."""
+    dist, device = compute.dist, compute.device
     records = RunRecords(run_dir, tc, learner.step if found.start else None, enabled=dist.is_main)
     stop = StopRequest()
     nonfinite_in_a_row = 0
@@ -317,18 +370,7 @@ def run_loop(
     try:
         stop.listen()
         while learner.step < tc.max_steps:
-            loss, grad_norm = train_step(
-                learner,
-                schedule,
-                dataset,
-                learner.samples_seen,
-                tc,
-                dist,
-                device,
-                compute.precision,
-                found.conditions,
-                cfg.conditions,
-            )
+            loss, grad_norm = take_step()
             nonfinite_in_a_row = 0 if learner.count_step(loss, grad_norm) else nonfinite_in_a_row + 1
             check_diverged(nonfinite_in_a_row, learner.step, tc)
             seconds = time.perf_counter() - t0
@@ -350,17 +392,14 @@ def run_loop(
             if learner.step % tc.checkpoint_every == 0 or last:
                 checkpoints.save(learner)
             if tc.preview_every and (learner.step % tc.preview_every == 0 or last) and dist.is_main:
-                ema = learner.ema.module
-                write_preview(
-                    ema, schedule, cfg, learner.step, run_dir, found.spacing, device, compute.precision
-                )
+                preview(learner.step)
             if spent:
                 log(f"Stopped at step {learner.step}: train.max_minutes={tc.max_minutes:g} reached")
                 break
     except KeyboardInterrupt:
         if stop.forced:
             raise
-        return stop_early(learner, checkpoints, stop, run_dir, data_dir, log)
+        return stop_early(learner, checkpoints, stop, run_dir, data_dir, log, command)
     finally:
         stop.stop_listening()
         records.close()
@@ -374,13 +413,14 @@ def stop_early(
     run_dir: Path,
     data_dir: Path,
     log: Callable[[str], None],
+    command: str = "train",
 ) -> TrainResult:
     """After Ctrl-C or SIGTERM: a checkpoint of the last finished step, and how to go on from it."""
     checkpoints.save(learner)
     by = " (SIGTERM)" if stop.signal == signal.SIGTERM else ""
     log(
         f"Interrupted at step {learner.step}{by}; checkpoint saved in {checkpoints.last}. "
-        f"Continue with: medddpm train {data_dir} --output {run_dir} --resume"
+        f"Continue with: medddpm {command} {data_dir} --output {run_dir} --resume"
     )
     by_signal = stop.signal or signal.SIGINT  # None: another process's signal, or a KeyboardInterrupt
     return TrainResult(run_dir, learner.step, checkpoints.last, interrupted=True, signal=by_signal)
@@ -419,9 +459,12 @@ class CheckpointWriter:
         dist: Distributed,
         start: Checkpoint | None,
         conditions: TrainingConditions | None = None,
+        kind: str = DIFFUSION,
     ):
         self.run_dir, self.keep_last, self.dist = run_dir, cfg.train.keep_last, dist
         self.meta = {"config": cfg.to_dict(), "output_spacing": list(spacing), "versions": library_versions()}
+        if kind != DIFFUSION:  # a diffusion checkpoint's meta.json has no "kind", as before others existed
+            self.meta["kind"] = kind
         if conditions is not None:
             # What sampling needs: the encoding, and the training rows (--match-training draws from them).
             self.meta["conditioning"] = conditions.spec.to_dict()
@@ -542,22 +585,37 @@ def train_step(
     return loss_sum, grad_norm
 
 
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, kind: str = DIFFUSION) -> None:
     """Never overwrite a run by accident; fail before any work if the folder cannot be written.
 
     Writes nothing: the folder is created only once the data has passed preflight. The rules are
-    medddpm.output_folder's (RUN_FOLDER says what a run writes).
+    medddpm.output_folder's (RUN_FOLDERS[kind] says what a run of that kind writes). A folder whose
+    checkpoints belong to another kind of run is refused, with --resume or --overwrite too.
     """
-    from medddpm.output_folder import RUN_FOLDER, check_output
+    from medddpm.output_folder import RUN_FOLDERS, check_output
 
-    check_output(run_dir, RUN_FOLDER, overwrite=overwrite, resume=resume)
+    check_output(run_dir, RUN_FOLDERS[kind], overwrite=overwrite, resume=resume)
+    checkpoints = list_checkpoints(run_dir)
+    if checkpoints:
+        found = run_kind(checkpoints[-1][1])
+        if found != kind:
+            raise InputError(f"holds a {found} run, not a {kind} run; choose another --output", run_dir)
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+def run_kind(checkpoint_dir: Path) -> str:
+    """The kind of run a checkpoint folder belongs to: meta.json's "kind" (absent: a diffusion run)."""
+    try:
+        meta = json.loads((checkpoint_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return DIFFUSION  # an unreadable checkpoint is open_checkpoint's to report
+    return str(meta.get("kind", DIFFUSION)) if isinstance(meta, dict) else DIFFUSION
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, kind: str = DIFFUSION) -> None:
     """Create the run folder; with --overwrite (and no --resume) remove the previous run's own files."""
-    from medddpm.output_folder import RUN_FOLDER, prepare_output
+    from medddpm.output_folder import RUN_FOLDERS, prepare_output
 
-    prepare_output(run_dir, RUN_FOLDER, clear=overwrite and not resume)
+    prepare_output(run_dir, RUN_FOLDERS[kind], clear=overwrite and not resume)
 
 
 __all__ = ["train", "TrainResult", "StepLog", "Distributed"]

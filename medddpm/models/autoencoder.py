@@ -1,0 +1,111 @@
+"""The latent space's networks: MONAI's 3D ``AutoencoderKL`` and its ``PatchDiscriminator``, and
+whole-volume encoding / decoding tile by tile.
+
+Shapes: an image x is [B, 1, D, H, W] in [-1, 1]; its latent z is [B, latent_channels, D/f, H/f,
+W/f] with f = 2 ** (len(channels) - 1) (4 for the default three levels). ``encode`` returns the
+posterior mean mu (Rombach et al. 2022 keep mu, not a sample, as the latent of a scan).
+
+``encode_tiled`` / ``decode_tiled`` run MONAI's ``SlidingWindowInferer`` (overlapping windows,
+gaussian blending) so that a volume larger than memory allows goes through in pieces. The result
+equals one whole-volume pass when one window covers the volume; across several windows it equals
+it exactly only for a network whose output voxel depends on nearby input voxels alone. The
+AutoencoderKL's GroupNorm normalises over the whole window, so windows see other statistics than
+one whole pass: the autoencoder is trained on patches of ``patch_size``, and tiles of that size are
+what it has learnt on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from monai.inferers import SlidingWindowInferer
+from monai.networks.nets import AutoencoderKL, PatchDiscriminator
+
+from medddpm.config import AutoencoderConfig
+
+
+def downsampling(ac: AutoencoderConfig) -> int:
+    """Image voxels per latent voxel along each side."""
+    return 2 ** (len(ac.channels) - 1)
+
+
+def build_autoencoder(ac: AutoencoderConfig) -> AutoencoderKL:
+    """MONAI's 3D AutoencoderKL (1 channel in and out) as ``ac`` describes it; weights from the global RNG."""
+    levels = len(ac.channels)
+    return AutoencoderKL(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=1,
+        channels=tuple(ac.channels),
+        latent_channels=ac.latent_channels,
+        num_res_blocks=(ac.num_res_blocks,) * levels,
+        attention_levels=(False,) * levels,
+        norm_num_groups=ac.norm_num_groups,
+        with_encoder_nonlocal_attn=ac.attention,
+        with_decoder_nonlocal_attn=ac.attention,
+    )
+
+
+def build_discriminator(ac: AutoencoderConfig) -> PatchDiscriminator:
+    """MONAI's 3D PatchDiscriminator (Isola et al. 2017) on one channel; one logit per patch."""
+    return PatchDiscriminator(
+        spatial_dims=3,
+        channels=ac.discriminator_channels,
+        in_channels=1,
+        out_channels=1,
+        num_layers_d=ac.discriminator_layers,
+    )
+
+
+def encode(autoencoder: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
+    """The posterior mean mu of x [B, 1, D, H, W] -> [B, latent_channels, D/f, H/f, W/f]."""
+    z_mu, _ = autoencoder.encode(x)
+    return z_mu
+
+
+def _windows(
+    network: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    window: Sequence[int],
+    overlap: float,
+    sw_batch_size: int,
+) -> torch.Tensor:
+    inferer = SlidingWindowInferer(
+        roi_size=tuple(min(w, s) for w, s in zip(window, x.shape[2:], strict=True)),
+        sw_batch_size=sw_batch_size,
+        overlap=overlap,
+        mode="gaussian",
+        progress=False,
+    )
+    return inferer(x, network)
+
+
+@torch.no_grad()
+def encode_tiled(
+    autoencoder: AutoencoderKL,
+    x: torch.Tensor,
+    window: Sequence[int],
+    *,
+    overlap: float = 0.5,
+    sw_batch_size: int = 1,
+) -> torch.Tensor:
+    """mu of x [B, 1, D, H, W], encoded in overlapping ``window``-voxel tiles blended with gaussian
+    weights. D, H, W and ``window`` must be multiples of the downsampling factor."""
+    return _windows(lambda t: encode(autoencoder, t), x, window, overlap, sw_batch_size)
+
+
+@torch.no_grad()
+def decode_tiled(
+    autoencoder: AutoencoderKL | Callable[[torch.Tensor], torch.Tensor],
+    z: torch.Tensor,
+    window: Sequence[int],
+    *,
+    overlap: float = 0.5,
+    sw_batch_size: int = 1,
+) -> torch.Tensor:
+    """The image of latent z [B, C, d, h, w], decoded in overlapping ``window``-latent-voxel tiles
+    blended with gaussian weights: [B, 1, d*f, h*f, w*f]. ``autoencoder``: an AutoencoderKL, or any
+    decoder function (its output size sets f)."""
+    decoder = autoencoder.decode if isinstance(autoencoder, AutoencoderKL) else autoencoder
+    return _windows(decoder, z, window, overlap, sw_batch_size)
