@@ -10,19 +10,31 @@ voxels by float32 round-off (about 1e-7 in model space), nothing more.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 import torch
 
 from medddpm.diffusion.noise import PerSampleGenerator
-from medddpm.diffusion.samplers import sample, timesteps_for
-from medddpm.diffusion.schedule import NoiseSchedule
+from medddpm.diffusion.process import Process
+from medddpm.diffusion.samplers import X0_RANGE, ClipRange, sample, timesteps_for
 from medddpm.runtime import autocast
+
+
+class Space(Protocol):
+    """Where the network works (medddpm.models.spaces.SPACES: pixel, wavelet). Generation draws
+    x_T in its shape, samples there, and decodes to volumes [B, 1, *image_size]."""
+
+    channels: int
+    clip: ClipRange
+
+    def latent_size(self, image_size: Sequence[int]) -> tuple[int, ...]: ...
+    def decode(self, z: torch.Tensor) -> torch.Tensor: ...
 
 
 @torch.no_grad()
 def generate_batches(
     model: torch.nn.Module,
-    schedule: NoiseSchedule,
+    schedule: Process,
     image_size: Sequence[int],
     seeds: Sequence[int],
     sampler: str,
@@ -33,6 +45,7 @@ def generate_batches(
     precision: str = "fp32",
     batch_size: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    space: Space | None = None,
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Denoise one volume per seed, ``batch_size`` at a time, yielding each batch as it finishes.
 
@@ -43,6 +56,8 @@ def generate_batches(
     PerSampleGenerator of CPU generators seeded with the batch's seeds. ``on_step(i, total)`` is
     called after every network evaluation of a batch (progress bars). The network runs under
     autocast for ``precision`` (bf16 / fp16); the sampler's arithmetic stays in float32.
+    ``space``: where the network works (None: pixel space); x_T is drawn in its shape
+    [b, channels, *latent_size], x-hat_0 clipped with its ``clip``, and each result decoded.
     """
     device = torch.device(device)
     model.eval()
@@ -52,20 +67,25 @@ def generate_batches(
             return model(x, t, **model_kwargs).float()
 
     timesteps = timesteps_for(schedule, steps)
+    shape = (1, *image_size) if space is None else (space.channels, *space.latent_size(image_size))
+    clip = X0_RANGE if space is None else space.clip
     batch_size = batch_size or len(seeds)
     for start in range(0, len(seeds), batch_size):
         batch_seeds = [int(s) for s in seeds[start : start + batch_size]]
         generator = PerSampleGenerator.from_seeds(batch_seeds)
-        x_T = generator.randn((len(batch_seeds), 1, *image_size), device=device)
+        x_T = generator.randn((len(batch_seeds), *shape), device=device)
         x_0 = sample(
-            sampler, network, x_T, schedule, timesteps, eta=eta, generator=generator, callback=on_step
-        )
+            sampler, network, x_T, schedule, timesteps, eta=eta, generator=generator, clip=clip,
+            callback=on_step,
+        )  # fmt: skip
+        if space is not None:
+            x_0 = space.decode(x_0.float())
         yield batch_seeds, x_0.float().clamp(-1, 1).cpu()
 
 
 def generate(
     model: torch.nn.Module,
-    schedule: NoiseSchedule,
+    schedule: Process,
     image_size: Sequence[int],
     seeds: Sequence[int],
     sampler: str,
@@ -76,6 +96,7 @@ def generate(
     precision: str = "fp32",
     batch_size: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    space: Space | None = None,
 ) -> list[torch.Tensor]:
     """Every volume of ``generate_batches``, in seed order: float32 CPU tensors [1, D, H, W] in [-1, 1]."""
     batches = generate_batches(
@@ -90,5 +111,6 @@ def generate(
         precision=precision,
         batch_size=batch_size,
         on_step=on_step,
+        space=space,
     )
     return [volume for _, volumes in batches for volume in volumes]

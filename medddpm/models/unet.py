@@ -9,14 +9,17 @@ from monai.networks.nets import DiffusionModelUNet
 from torch.utils.checkpoint import checkpoint
 
 from medddpm.config import ModelConfig
+from medddpm.models.spaces import SPACES
 
 
 def build_unet(cfg: ModelConfig, spatial_dims: int = 3) -> DiffusionModelUNet:
-    """A single-channel U-Net mapping (x_t [B, 1, *spatial], t [B]) to eps or v of the same shape."""
+    """A U-Net mapping (x_t [B, C, *spatial], t [B]) to the process's target of the same shape;
+    C is the channels of ``cfg.space`` (pixel 1, wavelet 8)."""
+    channels = SPACES[cfg.space].channels
     model = DiffusionModelUNet(
         spatial_dims=spatial_dims,
-        in_channels=1,
-        out_channels=1,
+        in_channels=channels,
+        out_channels=channels,
         channels=tuple(cfg.channels),
         attention_levels=tuple(cfg.attention_levels),
         num_res_blocks=cfg.num_res_blocks,

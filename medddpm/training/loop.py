@@ -38,8 +38,10 @@ from medddpm.config import Config, TrainConfig, save_config
 from medddpm.data.scans import Preflight, discover_scans, preflight, write_dataset_json
 from medddpm.data.transforms import OutputGeometry, build_dataset, output_geometry
 from medddpm.diffusion.noise import PerSampleGenerator
-from medddpm.diffusion.schedule import NoiseSchedule, diffusion_loss
+from medddpm.diffusion.objective import diffusion_loss
+from medddpm.diffusion.process import Process, build_process
 from medddpm.errors import InputError, TrainingAborted
+from medddpm.models.spaces import SPACES, SpaceEntry, config_space
 from medddpm.models.unet import count_parameters
 from medddpm.runtime import (
     Distributed,
@@ -161,6 +163,7 @@ def check_inputs(
     failure: InputError | None = None
     start = state = None
     try:
+        config_space(cfg)  # image_size fits the space and the U-Net's levels
         check_run_dir(run_dir, resume, overwrite)
         checkpoints = list_checkpoints(run_dir) if resume else []
         start = open_checkpoint(checkpoints[-1][1]) if checkpoints else None
@@ -260,7 +263,8 @@ def run_loop(
     steps are skipped, and ``train.max_nonfinite`` of them in a row raise TrainingAborted.
     """
     tc, dist, device = cfg.train, compute.dist, compute.device
-    schedule = NoiseSchedule.from_config(cfg.diffusion)
+    schedule = build_process(cfg.diffusion)
+    space = config_space(cfg)
     checkpoints = CheckpointWriter(run_dir, cfg, found.spacing, dist, found.start)
     records = RunRecords(run_dir, tc, learner.step if found.start else None, enabled=dist.is_main)
     stop = StopRequest()
@@ -271,7 +275,7 @@ def run_loop(
         stop.listen()
         while learner.step < tc.max_steps:
             loss, grad_norm = train_step(
-                learner, schedule, dataset, learner.samples_seen, tc, dist, device, compute.precision
+                learner, schedule, dataset, learner.samples_seen, tc, dist, device, compute.precision, space
             )
             nonfinite_in_a_row = 0 if learner.count_step(loss, grad_norm) else nonfinite_in_a_row + 1
             check_diverged(nonfinite_in_a_row, learner.step, tc)
@@ -408,16 +412,18 @@ def sample_generators(seed: int, position: int, count: int, device: torch.device
 
 def train_step(
     learner: Learner,
-    schedule: NoiseSchedule,
+    schedule: Process,
     dataset: Sequence[dict],
     samples_seen: int,
     tc: TrainConfig,
     dist: Distributed,
     device: torch.device,
     precision: str,
+    space: SpaceEntry = SPACES["pixel"],
 ) -> tuple[float, float]:
     """One optimizer step from stream position ``samples_seen``: ``grad_accum`` micro-batches
-    (batch assembly from the cache, loss, backward), unscale, clip, AdamW, EMA, LR schedule.
+    (batch assembly from the cache, encoding into ``space``, loss, backward), unscale, clip, AdamW,
+    EMA, LR schedule. ``schedule``: the process (medddpm.diffusion.process).
 
     Returns this process's (loss, grad_norm). When either is not finite the update is skipped
     (weights, EMA and AdamW moments untouched); the caller counts such steps.
@@ -426,7 +432,7 @@ def train_step(
     for micro in range(tc.grad_accum):
         position = samples_seen + (micro * dist.world_size + dist.rank) * tc.batch_size
         idx = batch_indices(position, tc.batch_size, len(dataset), tc.seed)
-        x0 = torch.stack([dataset[i]["image"] for i in idx]).to(device, non_blocking=True)
+        x0 = space.encode(torch.stack([dataset[i]["image"] for i in idx]).to(device, non_blocking=True))
         g = sample_generators(tc.seed, position, tc.batch_size, device)
         sync = micro == tc.grad_accum - 1 or not dist.enabled
         with learner.network.no_sync() if not sync else contextlib.nullcontext():
