@@ -119,3 +119,18 @@ def test_a_sampler_of_the_other_process_is_refused():
         sample("euler", lambda x, t: x, noise(), ddpm, timesteps_for(ddpm, 3))
     with pytest.raises(InputError, match="ddim sampler is for ddpm models.*rflow process.*euler, heun"):
         sample("ddim", lambda x, t: x, noise(), flow, timesteps_for(flow, 3))
+
+
+@pytest.mark.parametrize(("name", "expected"), [("euler", 0.625), ("heun", 0.46875 + 0.0625)])
+def test_euler_and_heun_integrate_a_known_ode_by_their_rules(name, expected):
+    """v = -t, so dx/dt = t: from t = 1 to 0 over 1, .75, .5, .25. Euler sums t h over the left ends
+    (0.625); Heun is exact (the trapezoid rule) on the three inner steps and Euler on the last
+    (Karras et al. Algorithm 1): 0.46875 + 0.25 * 0.25."""
+    flow = RectifiedFlow(num_timesteps=1000)
+
+    def model(x_t, t):
+        return -(t.to(x_t.dtype) / 1000).view(-1, 1, 1, 1, 1).expand_as(x_t)
+
+    x1 = torch.zeros(SHAPE, dtype=torch.float64)
+    out = sample(name, model, x1, flow, timesteps_for(flow, 4), clip=None)
+    torch.testing.assert_close(out, torch.full(SHAPE, -expected, dtype=torch.float64), rtol=0, atol=1e-12)
