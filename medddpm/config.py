@@ -146,8 +146,8 @@ class ModelConfig(Section):
 class DiffusionConfig(Section):
     num_train_timesteps: int = 1000
     """T of Ho et al. (2020)."""
-    schedule: Literal["linear", "cosine"] = "linear"
-    """linear: Ho et al. (2020); cosine: Nichol & Dhariwal (2021), better at low resolution."""
+    schedule: Literal["linear", "cosine", "scaled_linear"] = "linear"
+    """linear: Ho et al. 2020; cosine: Nichol & Dhariwal 2021, for low resolution; scaled_linear: MONAI."""
     beta_start: float = 1e-4
     """Linear schedule: beta_1 (Ho et al. 2020)."""
     beta_end: float = 0.02

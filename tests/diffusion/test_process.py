@@ -79,3 +79,11 @@ def test_the_loss_is_weighted_per_sample():
     expected = (weighted.loss_weights(t) * per_sample).mean()
     torch.testing.assert_close(diffusion_loss(zero, weighted, x0, g[0]), expected)
     torch.testing.assert_close(diffusion_loss(zero, plain, x0, g[1]), per_sample.mean())
+
+
+def test_scaled_linear_betas_are_monai_scaled_linear_beta():
+    from monai.networks.schedulers import DDPMScheduler
+
+    monai = DDPMScheduler(1000, schedule="scaled_linear_beta", beta_start=0.0005, beta_end=0.0195)
+    ours = build_process(DiffusionConfig(schedule="scaled_linear", beta_start=0.0005, beta_end=0.0195))
+    torch.testing.assert_close(ours.alphas_cumprod.float(), monai.alphas_cumprod, rtol=1e-5, atol=1e-7)
