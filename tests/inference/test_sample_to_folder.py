@@ -354,7 +354,10 @@ def test_flags_override_the_checkpoint_section_and_name_themselves():
     assert base.with_flags(steps=10) == SampleConfig(sampler="ddim", steps=10, eta=0.5, batch_size=8)
     assert base.with_flags(sampler="dpm++", eta=2.0).eta == 2.0
     for flags, message in [
-        ({"sampler": "euler"}, r"--sampler: unknown sampler 'euler' \(choose one of: ddpm, ddim, dpm\+\+\)"),
+        (
+            {"sampler": "lms"},
+            r"--sampler: unknown sampler 'lms' \(choose one of: ddpm, ddim, dpm\+\+, euler, heun\)",
+        ),
         ({"eta": 1.5}, "--eta: must be between 0 and 1 for the ddim sampler"),
         ({"steps": 0}, "--steps: must be at least 1"),
         ({"batch_size": 0}, "--batch-size: must be at least 1"),
