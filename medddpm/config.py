@@ -6,6 +6,10 @@ everything it produces (``RUN_DIR/config.yaml``, each checkpoint's ``meta.json``
 
 Every default carries a comment saying why; ``configs/default.yaml`` repeats them and a test keeps
 the two equal.
+
+Fields added after the format was first fixed (``_added``) are written out only when they differ
+from their default: a run that does not use them saves the same config as before, and a config or
+checkpoint written before they existed loads with their defaults (the old behaviour).
 """
 
 from __future__ import annotations
@@ -26,16 +30,23 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import to_jsonable_python
 
 # The sampler registry is the one list of sampler names (it imports torch; nothing in
 # medddpm.diffusion imports this module at run time, so there is no circle).
-from medddpm.diffusion.samplers import SAMPLERS, sampler_entry
+from medddpm.diffusion.process import PROCESSES, process_entry
+from medddpm.diffusion.samplers import SAMPLERS, check_sampler_fits, sampler_entry
 from medddpm.errors import InputError
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
+
+
+def _added(default: Any, description: str | None = None) -> Any:
+    """A field added after the config format was fixed: written out only when not at ``default``."""
+    return Field(default, description=description, exclude_if=lambda value: value == default)
 
 
 def _triple(value: Any, name: str) -> Any:
@@ -108,6 +119,8 @@ class ModelConfig(Section):
     """torch scaled_dot_product_attention (flash / memory-efficient kernels on CUDA)."""
     gradient_checkpointing: bool = False
     """Recompute U-Net block activations in the backward pass: ~30% slower, far less memory."""
+    space: Literal["pixel", "wavelet"] = _added("pixel")
+    """pixel: the volume itself; wavelet: 3D Haar bands, 8 channels at half size (Friedrich et al. 2024)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
@@ -133,14 +146,38 @@ class ModelConfig(Section):
 class DiffusionConfig(Section):
     num_train_timesteps: int = 1000
     """T of Ho et al. (2020)."""
-    schedule: Literal["linear", "cosine"] = "linear"
-    """linear: Ho et al. (2020); cosine: Nichol & Dhariwal (2021), better at low resolution."""
+    schedule: Literal["linear", "cosine", "scaled_linear"] = "linear"
+    """linear: Ho et al. 2020; cosine: Nichol & Dhariwal 2021, for low resolution; scaled_linear: MONAI."""
     beta_start: float = 1e-4
     """Linear schedule: beta_1 (Ho et al. 2020)."""
     beta_end: float = 0.02
     """Linear schedule: beta_T (Ho et al. 2020)."""
     prediction: Literal["eps", "v"] = "eps"
     """Network target: eps (Ho et al.) or v = sqrt(ab) eps - sqrt(1-ab) x0 (Salimans & Ho 2022)."""
+    process: str = _added(
+        "ddpm",
+        f"One of {', '.join(PROCESSES)} (medddpm.diffusion.process.PROCESSES): ddpm as above, or rflow "
+        "(rectified flow, velocity target x0 - eps, logit-normal t); the default sampler follows it.",
+    )
+    min_snr_gamma: PositiveFloat | None = _added(None)
+    """ddpm only: min-SNR-gamma loss weights (Hang et al. 2023 use 5); null: unweighted, as before."""
+    rflow_shift: PositiveFloat = _added(1.0)
+    """rflow only: time shift s t / (1 + (s-1) t) (Esser et al. 2024); > 1 favours high noise."""
+
+    @field_validator("process")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        try:
+            process_entry(name)
+        except InputError as e:
+            raise ValueError(str(e)) from None
+        return name
+
+    @model_validator(mode="after")
+    def _weighting_fits(self) -> DiffusionConfig:
+        if self.min_snr_gamma is not None and self.process != "ddpm":
+            raise ValueError(f"min_snr_gamma weights the ddpm process only, not {self.process}")
+        return self
 
 
 class TrainConfig(Section):
@@ -212,7 +249,8 @@ class SampleConfig(Section):
     sampler: str = Field(
         "dpm++",
         description=f"One of {', '.join(SAMPLERS)} (medddpm.diffusion.samplers.SAMPLERS); "
-        "dpm++ = DPM-Solver++(2M): near-DDPM quality in tens of steps.",
+        "unset: the process's own (dpm++ = DPM-Solver++(2M) for ddpm, near-DDPM quality in tens of steps; "
+        "euler for rflow).",
     )
     steps: int = 25
     """Network evaluations per volume for the default sampler."""
@@ -346,6 +384,33 @@ class Config(Section):
     conditions: ConditionsConfig = ConditionsConfig()
     eval: EvalConfig = EvalConfig()
     autoencoder: AutoencoderConfig = AutoencoderConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sampler_follows_process(cls, data: Any) -> Any:
+        """A sample section that names no sampler gets the process's default sampler and steps
+        (PROCESSES: dpm++ 25 steps for ddpm, euler 30 for rflow), so changing diffusion.process
+        alone gives a config that samples."""
+        if not isinstance(data, Mapping):
+            return data
+        diffusion, sample = data.get("diffusion") or {}, data.get("sample") or {}
+        if isinstance(diffusion, BaseModel):
+            diffusion = diffusion.model_dump()
+        if not isinstance(diffusion, Mapping) or not isinstance(sample, Mapping) or "sampler" in sample:
+            return data  # a SampleConfig, or a section that names its sampler, stays as given
+        name = diffusion.get("process", "ddpm")
+        if name not in PROCESSES:
+            return data  # DiffusionConfig reports it
+        entry = PROCESSES[name]
+        return {**data, "sample": {"sampler": entry.sampler, "steps": entry.steps, **sample}}
+
+    @model_validator(mode="after")
+    def _sampler_fits_process(self) -> Config:
+        try:
+            check_sampler_fits(self.sample.sampler, self.diffusion.process)
+        except InputError as e:
+            raise ValueError(f"sample.sampler: {e}") from None
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (lists, not tuples), ready for YAML or JSON.
@@ -508,7 +573,8 @@ def default_yaml() -> str:
         lines.append(f"{section}:")
         sub = getattr(defaults, section)
         for name, info in type(sub).model_fields.items():
-            value = yaml.safe_dump(sub.model_dump(mode="json")[name], default_flow_style=True).strip()
+            plain = to_jsonable_python(getattr(sub, name))  # also the fields written only when set
+            value = yaml.safe_dump(plain, default_flow_style=True).strip()
             value = value.removesuffix("\n...").strip()
             lines.append(f"  # {info.description}" if info.description else "")
             lines.append(f"  {name}: {value}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from medddpm.runtime import torch_threads
 
@@ -190,3 +192,35 @@ def test_bench_sampling_smallest(tmp_path: Path, monkeypatch, capsys):
     assert "| dpm++ | 10 | 0 |" in out and "| dpm++ | 25 | 1 |" in out and "noise floor" in out
     assert np.load(tmp_path / "samples-dpm++-10.npy").shape == (4, 16, 16, 16)
     assert (tmp_path / "run" / "checkpoints" / "step-00000002").is_dir()
+
+
+def test_bench_convergence_quick(tmp_path: Path):
+    """Two recipes, two turns at 16³: a CSV row per recipe and evaluation, curves and a table."""
+    pytest.importorskip("nilearn")
+    bench = load("bench_convergence")
+    rows = bench.main(["--output", str(tmp_path), "--quick", "--recipes", "tutorial,combo"])
+    assert [(r["recipe"], r["turn"]) for r in rows] == [
+        ("tutorial", 1),
+        ("combo", 1),
+        ("tutorial", 2),
+        ("combo", 2),
+    ]
+    for name in ("tutorial", "combo"):
+        mine = [r for r in rows if r["recipe"] == name]
+        assert 0 < mine[0]["cpu_seconds"] < mine[1]["cpu_seconds"] and mine[0]["steps"] <= mine[1]["steps"]
+        assert all(np.isfinite([r["fid"], r["nn_corr"], r["ms_ssim_synth"]]).all() for r in mine)
+    with (tmp_path / "convergence.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 4
+    assert (tmp_path / "convergence.png").stat().st_size > 0
+    table = (tmp_path / "convergence.md").read_text()
+    assert "| tutorial |" in table and "| combo |" in table and "tutorial" in table
+
+
+def test_bench_convergence_nearest_correlation_is_pearson():
+    bench = load("bench_convergence")
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(3, 1, 4, 4, 4)), rng.normal(size=(5, 1, 4, 4, 4))
+    r = np.corrcoef(a.reshape(3, -1), b.reshape(5, -1))[:3, 3:]
+    assert bench.nearest_correlation(torch.tensor(a), torch.tensor(b)) == pytest.approx(np.median(r.max(1)))
+    with pytest.raises(SystemExit, match="unknown recipe"):
+        bench.main(["--output", "/nonexistent-unused", "--recipes", "nope"])

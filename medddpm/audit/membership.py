@@ -2,9 +2,11 @@
 
 A model that memorised its training scans predicts their noise better than that of new scans from
 the same population (Carlini et al. 2023, section 6; Matsumoto et al. 2023). So, with the run's own
-objective (medddpm.diffusion.schedule: eps or v prediction) and the EMA weights of its latest checkpoint:
+objective (medddpm.diffusion.process: eps or v prediction for ddpm, velocity for rflow; unweighted),
+in the space it works in, and the EMA weights of its latest checkpoint:
 
-1. A fixed grid: ``timesteps`` evenly spaced t (the midpoints of as many equal parts of 0..T-1) and
+1. A fixed grid: ``timesteps`` evenly spaced t (the midpoints of as many equal parts of 0..T-1 for
+   ddpm, of (0, 1) for rflow: the process's ``time_grid``) and
    ``noises`` noise volumes eps_k, drawn from seed + k. Every scan meets the same (t, eps_k) pairs,
    so scans differ only in themselves, not in the luck of their draws.
 2. Each scan's loss: the denoising error averaged over the grid.
@@ -26,7 +28,9 @@ import torch
 from scipy import stats
 
 from medddpm.diffusion.noise import randn
-from medddpm.diffusion.schedule import NoiseSchedule, denoising_errors
+from medddpm.diffusion.objective import denoising_errors
+from medddpm.diffusion.process import Process, build_process
+from medddpm.models.spaces import SpaceEntry, config_space
 from medddpm.training.checkpoint import load_weights, open_checkpoint, resolve_checkpoint
 
 BOOTSTRAP = 2000
@@ -37,12 +41,13 @@ BATCH_VOXELS = 4 * 64**3
 
 @dataclass
 class Denoiser:
-    """The run's EMA network and noise schedule, ready to score scans."""
+    """The run's EMA network, its process and the space it works in, ready to score scans."""
 
     model: torch.nn.Module
-    schedule: NoiseSchedule
+    schedule: Process
     checkpoint: Path
     step: int
+    space: SpaceEntry
 
 
 def load_denoiser(run_dir: Path, device: torch.device) -> Denoiser:
@@ -53,7 +58,8 @@ def load_denoiser(run_dir: Path, device: torch.device) -> Denoiser:
     model = build_unet(ckpt.config.model)
     load_weights(model, ckpt.weights(ema=True), ckpt.file("ema"))
     model.to(device).eval()
-    return Denoiser(model, NoiseSchedule.from_config(ckpt.config.diffusion), ckpt.path, ckpt.step)
+    space = config_space(ckpt.config)
+    return Denoiser(model, build_process(ckpt.config.diffusion), ckpt.path, ckpt.step, space)
 
 
 def timestep_grid(num_timesteps: int, count: int) -> list[int]:
@@ -67,14 +73,15 @@ def grid_losses(
 ) -> np.ndarray:
     """Denoising errors [N, len(timesteps), noises] of volumes [N, 1, D, H, W] on [0, 1] over the grid."""
     device = next(denoiser.model.parameters()).device
-    shape = tuple(volumes.shape[1:])
+    space = denoiser.space
+    shape = (space.channels, *space.latent_size(volumes.shape[2:]))
     eps = [randn(shape, torch.Generator().manual_seed(seed + k), device=device) for k in range(noises)]
     batch = max(1, BATCH_VOXELS // int(np.prod(shape)))
     out = np.zeros((len(volumes), len(timesteps), noises))
     for b0 in range(0, len(volumes), batch):
-        x0 = volumes[b0 : b0 + batch].to(device) * 2 - 1  # the training scale, [-1, 1]
+        x0 = space.encode(volumes[b0 : b0 + batch].to(device) * 2 - 1)  # the training scale, [-1, 1]
         for j, t in enumerate(timesteps):
-            tt = torch.full((len(x0),), t, dtype=torch.long, device=device)
+            tt = torch.full((len(x0),), t, device=device)  # long for ddpm timesteps, float for rflow
             for k, e in enumerate(eps):
                 errors = denoising_errors(denoiser.model, denoiser.schedule, x0, tt, e.expand_as(x0))
                 out[b0 : b0 + len(x0), j, k] = errors.cpu().double().numpy()
@@ -113,7 +120,7 @@ def membership(
     heldout_names: Sequence[str],
 ) -> dict[str, Any]:
     """audit.json's ``membership`` block: steps 1-4 of the module docstring."""
-    grid = timestep_grid(denoiser.schedule.num_timesteps, timesteps)
+    grid = denoiser.schedule.time_grid(timesteps)
     loss = {
         "training": grid_losses(denoiser, training, grid, noises, seed).mean(axis=(1, 2)),
         "heldout": grid_losses(denoiser, heldout, grid, noises, seed).mean(axis=(1, 2)),
@@ -131,7 +138,7 @@ def membership(
         "timesteps": grid,
         "noises_per_timestep": noises,
         "noise_seeds": [seed + k for k in range(noises)],
-        "objective": f"{denoiser.schedule.prediction}-prediction mean squared error (the run's own)",
+        "objective": f"{denoiser.schedule.objective} (the run's own)",
         "checkpoint": str(denoiser.checkpoint.resolve()),
         "checkpoint_step": denoiser.step,
         "weights": "ema",

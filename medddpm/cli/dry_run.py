@@ -12,6 +12,7 @@ from medddpm.config import Config
 from medddpm.data.scans import discover_scans, preflight
 from medddpm.data.transforms import output_geometry
 from medddpm.models.memory import estimate_memory
+from medddpm.models.spaces import config_space
 from medddpm.runtime import resolve_device, resolve_precision
 
 
@@ -56,6 +57,9 @@ def dry_run(cfg: Config, data_dir: Path, console: Console) -> None:
         ("estimated peak", estimate.total_gib),
     ]:
         table.add_row(name, f"{value:.3f}")
+    space = config_space(cfg)
+    latent = "x".join(map(str, space.latent_size(cfg.data.image_size)))
+    console.print(f"U-Net in {space.name} space: {space.channels} channel(s) at {latent} voxels")
     console.print(f"{estimate.parameters:,} parameters; {device.type}, {precision}")
     console.print(table)
     for note in estimate.notes:

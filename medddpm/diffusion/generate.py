@@ -10,20 +10,32 @@ voxels by float32 round-off (about 1e-7 in model space), nothing more.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Protocol
 
 import torch
 
 from medddpm.diffusion.guidance import Guided
 from medddpm.diffusion.noise import PerSampleGenerator
-from medddpm.diffusion.samplers import sample, timesteps_for
-from medddpm.diffusion.schedule import NoiseSchedule
+from medddpm.diffusion.process import Process
+from medddpm.diffusion.samplers import X0_RANGE, ClipRange, sample, timesteps_for
 from medddpm.runtime import autocast
+
+
+class Space(Protocol):
+    """Where the network works (medddpm.models.spaces.SPACES: pixel, wavelet). Generation draws
+    x_T in its shape, samples there, and decodes to volumes [B, 1, *image_size]."""
+
+    channels: int
+    clip: ClipRange
+
+    def latent_size(self, image_size: Sequence[int]) -> tuple[int, ...]: ...
+    def decode(self, z: torch.Tensor) -> torch.Tensor: ...
 
 
 @torch.no_grad()
 def generate_batches(
     model: torch.nn.Module,
-    schedule: NoiseSchedule,
+    schedule: Process,
     image_size: Sequence[int],
     seeds: Sequence[int],
     sampler: str,
@@ -37,6 +49,7 @@ def generate_batches(
     model_kwargs: Mapping[str, torch.Tensor] | None = None,
     guidance: float = 1.0,
     guidance_rescale: float = 0.0,
+    space: Space | None = None,
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Denoise one volume per seed, ``batch_size`` at a time, yielding each batch as it finishes.
 
@@ -52,6 +65,8 @@ def generate_batches(
     each batch passes its rows to the sampler (and so to the model) untouched. ``guidance`` W and
     ``guidance_rescale``: classifier-free guidance (``medddpm.diffusion.guidance.Guided``; W = 1,
     the default, is the plain conditional model).
+    ``space``: where the network works (None: pixel space); x_T is drawn in its shape
+    [b, channels, *latent_size], x-hat_0 clipped with its ``clip``, and each result decoded.
     """
     device = torch.device(device)
     model.eval()
@@ -66,23 +81,27 @@ def generate_batches(
         else Guided(network, guidance, guidance_rescale)
     )
     timesteps = timesteps_for(schedule, steps)
+    shape = (1, *image_size) if space is None else (space.channels, *space.latent_size(image_size))
+    clip = X0_RANGE if space is None else space.clip
     batch_size = batch_size or len(seeds)
     for start in range(0, len(seeds), batch_size):
         batch_seeds = [int(s) for s in seeds[start : start + batch_size]]
         generator = PerSampleGenerator.from_seeds(batch_seeds)
-        x_T = generator.randn((len(batch_seeds), 1, *image_size), device=device)
+        x_T = generator.randn((len(batch_seeds), *shape), device=device)
         rows = slice(start, start + len(batch_seeds))
         kwargs = {k: v[rows].to(device) for k, v in (model_kwargs or {}).items()}
         x_0 = sample(
-            sampler, guided, x_T, schedule, timesteps, eta=eta, generator=generator, model_kwargs=kwargs,
-            callback=on_step,
+            sampler, guided, x_T, schedule, timesteps, eta=eta, generator=generator, clip=clip,
+            model_kwargs=kwargs, callback=on_step,
         )  # fmt: skip
+        if space is not None:
+            x_0 = space.decode(x_0.float())
         yield batch_seeds, x_0.float().clamp(-1, 1).cpu()
 
 
 def generate(
     model: torch.nn.Module,
-    schedule: NoiseSchedule,
+    schedule: Process,
     image_size: Sequence[int],
     seeds: Sequence[int],
     sampler: str,
@@ -96,6 +115,7 @@ def generate(
     model_kwargs: Mapping[str, torch.Tensor] | None = None,
     guidance: float = 1.0,
     guidance_rescale: float = 0.0,
+    space: Space | None = None,
 ) -> list[torch.Tensor]:
     """Every volume of ``generate_batches``, in seed order: float32 CPU tensors [1, D, H, W] in [-1, 1]."""
     batches = generate_batches(
@@ -113,5 +133,6 @@ def generate(
         model_kwargs=model_kwargs,
         guidance=guidance,
         guidance_rescale=guidance_rescale,
+        space=space,
     )
     return [volume for _, volumes in batches for volume in volumes]

@@ -1,4 +1,4 @@
-"""Samplers: from noise x_T to a volume x_0 with a trained eps- or v-prediction network.
+"""Samplers: from noise x_T to a volume x_0 with a trained network (ddpm: eps or v; rflow: velocity).
 
 Every sampler is a free function with one signature (k-diffusion's ``sample_x(model, x, sigmas,
 extra_args=...)``, with timesteps in place of sigmas)::
@@ -6,24 +6,29 @@ extra_args=...)``, with timesteps in place of sigmas)::
     sample_x(model, x, schedule, timesteps, *, eta, generator=None, clip=X0_RANGE,
              model_kwargs=None, callback=None) -> x_0
 
-    model         model(x_t, t, **model_kwargs) -> eps or v (per ``schedule.prediction``);
-                  x_t [B, C, *spatial], t [B] long
+    model         model(x_t, t, **model_kwargs) -> the process's target (per ``schedule.prediction``);
+                  x_t [B, C, *spatial], t [B]: ``schedule.network_time`` of the time visited
     x             x_T ~ N(0, I), [B, C, *spatial]; the caller draws it (medddpm.diffusion.noise)
-    schedule      NoiseSchedule: alpha-bar_t for the T training timesteps, float64
-    timesteps     the training timesteps to visit, strictly decreasing, one network evaluation
-                  each: a spacing function computes them (``timesteps_for``: trailing spacing)
+    schedule      the process (medddpm.diffusion.process): a NoiseSchedule (alpha-bar_t for the T
+                  training timesteps, float64) for the ddpm samplers, a RectifiedFlow for euler/heun
+    timesteps     the times to visit, strictly decreasing, one network evaluation each (two for
+                  heun): ``timesteps_for`` asks the process (ddpm: trailing spacing of timestep
+                  indices; rflow: shifted uniform times from 1 towards 0)
     eta           how much fresh noise each step adds (its meaning per sampler is in each docstring;
                   its default and bounds are in the sampler's registry entry, SAMPLERS)
     generator     where that noise comes from: None (torch's global generator), one
                   torch.Generator, or a PerSampleGenerator, so that sample i is the same whatever
                   the batch (medddpm.diffusion.noise)
-    clip          (low, high) range x-hat_0 is clipped to, or None for no clipping (a latent space)
+    clip          (low, high) range x-hat_0 is clipped to, a function that projects x-hat_0 onto the
+                  values data can take (a wavelet space: medddpm.models.spaces), or None for no
+                  clipping (a latent space)
     model_kwargs  keyword arguments for the model, passed untouched on every call (conditioning:
                   EDM's ``class_labels``, k-diffusion's ``extra_args``); None passes none
     callback      callback(i, total) after step i = 1..total, for progress bars
 
 A new sampler is one such function and one ``SamplerEntry`` in ``SAMPLERS``: the config's allowed
-names (``sample.sampler``) and ``medddpm sample --help`` are read from the registry. ``plan_steps``
+names (``sample.sampler``) and ``medddpm sample --help`` are read from the registry. Each entry
+names the process it fits; ``sample`` refuses a sampler of another process. ``plan_steps``
 and ``denoise`` are the building blocks every sampler here uses.
 
 Notation (paper symbol -> code name). Paper conventions differ: Song et al. write alpha_t for what
@@ -60,14 +65,15 @@ from typing import Any, Protocol
 
 import torch
 
+from medddpm.diffusion.flow import RectifiedFlow
 from medddpm.diffusion.noise import RandomSource, randn_like
 from medddpm.diffusion.schedule import NoiseSchedule
 from medddpm.errors import InputError
 
 Model = Callable[..., torch.Tensor]
-"""model(x_t [B, C, *spatial], t [B] long, **model_kwargs) -> eps or v, shaped like x_t."""
+"""model(x_t [B, C, *spatial], t [B], **model_kwargs) -> eps, v or velocity, shaped like x_t."""
 Callback = Callable[[int, int], None]
-ClipRange = tuple[float, float] | None
+ClipRange = tuple[float, float] | Callable[[torch.Tensor], torch.Tensor] | None
 
 X0_RANGE = (-1.0, 1.0)
 """x-hat_0 is clipped to this range by default, the one preprocessing scales training volumes to."""
@@ -80,7 +86,7 @@ class Sampler(Protocol):
         self,
         model: Model,
         x: torch.Tensor,
-        schedule: NoiseSchedule,
+        schedule: NoiseSchedule | RectifiedFlow,
         timesteps: torch.Tensor | Sequence[int],
         *,
         eta: float,
@@ -95,23 +101,14 @@ class Sampler(Protocol):
 # Spacing and the pieces every sampler shares
 
 
-def timesteps_for(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
-    """The training timesteps a ``steps``-step sampler visits: [steps] long, strictly decreasing.
+def timesteps_for(schedule: NoiseSchedule | RectifiedFlow, steps: int) -> torch.Tensor:
+    """The times a ``steps``-step sampler visits, strictly decreasing: the process's own spacing.
 
-    "Trailing" spacing (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are
-    Flawed", Table 2; diffusers ``timestep_spacing="trailing"``): t_i = round(T - i T/steps) - 1 for
-    i = 0..steps-1. It starts at t = T-1, where the network was trained on (nearly) pure noise, and
-    ends at T/steps - 1; "leading" spacing would start at T - T/steps and never show the network its
-    noisiest input. With steps = T it visits every timestep T-1, ..., 0.
+    ddpm: trailing spacing of timestep indices ([steps] long, ``trailing_timesteps``: it starts at
+    t = T-1 and, with steps = T, visits every timestep). rflow: shifted uniform times in (0, 1]
+    ([steps] float64, ``RectifiedFlow.sampling_times``).
     """
-    T = schedule.num_timesteps
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
-        raise InputError(
-            f"sampling steps must be an integer between 1 and the {T} training timesteps, got {steps!r}"
-        )
-    # T - i (T/steps) as numpy's arange computes it, so the rounding matches diffusers bit for bit.
-    t = T - torch.arange(steps, dtype=torch.float64) * (T / steps)
-    return t.round().long() - 1
+    return schedule.sampling_times(steps)
 
 
 def _latent(x: torch.Tensor) -> torch.Tensor:
@@ -159,7 +156,16 @@ def denoise(
         eps = a * out + s * x
     else:
         raise ValueError(f"unknown prediction target {prediction!r}; expected 'eps' or 'v'")
-    return (x0 if clip is None else x0.clamp(*clip)), eps
+    return clip_x0(x0, clip), eps
+
+
+def clip_x0(x0: torch.Tensor, clip: ClipRange) -> torch.Tensor:
+    """x-hat_0 clipped to a (low, high) range, projected by a function, or as it is (None)."""
+    if clip is None:
+        return x0
+    if callable(clip):
+        return clip(x0)
+    return x0.clamp(*clip)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,6 +297,91 @@ def sample_dpmpp_2m(
     return x
 
 
+def flow_denoise(
+    model: Model,
+    x: torch.Tensor,
+    t: float,
+    flow: RectifiedFlow,
+    clip: ClipRange = X0_RANGE,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network's x-hat_0 = x_t + t v (clipped per ``clip``) and the ODE derivative
+    d = dx_t/dt = (x_t - x-hat_0) / t at time t in (0, 1], both shaped like x.
+
+    Without clipping d = -v, the velocity field itself; with it, d follows the clipped x-hat_0 as
+    k-diffusion's ``to_d`` does (Karras et al. 2022, Algorithm 1, with sigma = t / (1 - t) folded in).
+    """
+    t_batch = torch.full((x.shape[0],), t, dtype=torch.float64, device=x.device)
+    v = model(x, flow.network_time(t_batch), **(model_kwargs or {}))
+    if v.shape != x.shape:
+        raise ValueError(f"the network returned shape {tuple(v.shape)} for input {tuple(x.shape)}")
+    x0 = clip_x0(x + t * v.to(x.dtype), clip)
+    return x0, (x - x0) / t
+
+
+@torch.no_grad()
+def sample_euler(
+    model: Model,
+    x: torch.Tensor,
+    schedule: RectifiedFlow,
+    timesteps: torch.Tensor | Sequence[float],
+    *,
+    eta: float,
+    generator: RandomSource = None,
+    clip: ClipRange = X0_RANGE,
+    model_kwargs: Mapping[str, Any] | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Euler's method on the rectified-flow ODE dx_t/dt = -v(x_t, t) (Liu et al. 2022, Sec. 2.1):
+    x_s = x_t + (s - t) d from each time t to the next s, the last step to s = 0. Deterministic
+    (eta is unused). Without clipping one step is MONAI's ``RFlowScheduler.step``.
+    x: x_T = x_1 [B, C, *spatial]; returns x_0.
+    """
+    x = _latent(x)
+    ts = [float(t) for t in timesteps]
+    for i, (t, s) in enumerate(zip(ts, ts[1:] + [0.0], strict=True), start=1):
+        _, d = flow_denoise(model, x, t, schedule, clip, model_kwargs)
+        x = x + (s - t) * d
+        if callback is not None:
+            callback(i, len(ts))
+    return x
+
+
+@torch.no_grad()
+def sample_heun(
+    model: Model,
+    x: torch.Tensor,
+    schedule: RectifiedFlow,
+    timesteps: torch.Tensor | Sequence[float],
+    *,
+    eta: float,
+    generator: RandomSource = None,
+    clip: ClipRange = X0_RANGE,
+    model_kwargs: Mapping[str, Any] | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Heun's second-order method on the rectified-flow ODE (Karras et al. 2022, "Elucidating the
+    Design Space of Diffusion-Based Generative Models", Algorithm 1 without churn): an Euler step to
+    s, then the mean of the derivatives at t and s; the last step, to s = 0, is plain Euler (the
+    derivative at t = 0 is undefined). Two network evaluations per step but the last.
+    Deterministic (eta is unused). x: x_T = x_1 [B, C, *spatial]; returns x_0.
+    """
+    x = _latent(x)
+    ts = [float(t) for t in timesteps]
+    for i, (t, s) in enumerate(zip(ts, ts[1:] + [0.0], strict=True), start=1):
+        # 1. Euler predictor.
+        _, d = flow_denoise(model, x, t, schedule, clip, model_kwargs)
+        x_next = x + (s - t) * d
+        # 2. Trapezoidal corrector with the derivative at the predicted point.
+        if s > 0:
+            _, d_next = flow_denoise(model, x_next, s, schedule, clip, model_kwargs)
+            x_next = x + (s - t) * 0.5 * (d + d_next)
+        x = x_next
+        if callback is not None:
+            callback(i, len(ts))
+    return x
+
+
 # ---------------------------------------------------------------------------------------------
 # Registry
 
@@ -306,6 +397,8 @@ class SamplerEntry:
     """Allowed eta, both ends included (math.inf: no upper bound)."""
     description: str
     """One line for ``medddpm sample --help``: the algorithm and its paper."""
+    process: str = "ddpm"
+    """The process (medddpm.diffusion.process.PROCESSES) whose trained networks it samples."""
 
     def allows_eta(self, eta: float) -> bool:
         return self.eta_range[0] <= eta <= self.eta_range[1]
@@ -325,6 +418,16 @@ SAMPLERS: dict[str, SamplerEntry] = {
     "dpm++": SamplerEntry(
         sample_dpmpp_2m, eta=0.0, eta_range=(0.0, math.inf), description="DPM-Solver++(2M) (Lu et al. 2022)"
     ),
+    "euler": SamplerEntry(
+        sample_euler, eta=0.0, eta_range=(0.0, 0.0), description="Euler, rectified flow", process="rflow"
+    ),
+    "heun": SamplerEntry(
+        sample_heun,
+        eta=0.0,
+        eta_range=(0.0, 0.0),
+        description="Heun (Karras et al. 2022), rectified flow",
+        process="rflow",
+    ),
 }
 """Sampler names as written in the config (``sample.sampler``) and on the command line."""
 
@@ -336,6 +439,17 @@ def sampler_entry(name: str) -> SamplerEntry:
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise InputError(f"unknown sampler '{name}' (choose one of: {', '.join(SAMPLERS)}{hint})")
     return SAMPLERS[name]
+
+
+def check_sampler_fits(name: str, process: str) -> None:
+    """An InputError when sampler ``name`` does not sample networks trained with ``process``."""
+    entry = sampler_entry(name)
+    if entry.process != process:
+        fits = ", ".join(k for k, e in SAMPLERS.items() if e.process == process)
+        raise InputError(
+            f"the {name} sampler is for {entry.process} models, but this one was trained with the "
+            f"{process} process (use one of: {fits})"
+        )
 
 
 def resolve_eta(name: str, eta: float | None) -> float:
@@ -353,7 +467,7 @@ def sample(
     name: str,
     model: Model,
     x: torch.Tensor,
-    schedule: NoiseSchedule,
+    schedule: NoiseSchedule | RectifiedFlow,
     timesteps: torch.Tensor | Sequence[int],
     *,
     eta: float | None = None,
@@ -363,7 +477,9 @@ def sample(
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Run the sampler called ``name`` (a key of SAMPLERS) with ``eta`` checked against its bounds
-    (None: its default); the other arguments go to it unchanged (see the module docstring)."""
+    (None: its default); the other arguments go to it unchanged (see the module docstring). A
+    sampler of another process than ``schedule``'s is an InputError."""
+    check_sampler_fits(name, schedule.name)
     return sampler_entry(name).function(
         model,
         x,

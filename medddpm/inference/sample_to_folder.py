@@ -41,8 +41,8 @@ import torch
 from medddpm.config import Config, Device, Precision, SampleConfig
 from medddpm.data.nifti import OUTPUT_FORMATS, write_volume
 from medddpm.data.transforms import IntensityMapping
-from medddpm.diffusion.samplers import resolve_eta
-from medddpm.diffusion.schedule import NoiseSchedule
+from medddpm.diffusion.process import Process, build_process
+from medddpm.diffusion.samplers import check_sampler_fits, resolve_eta
 from medddpm.errors import InputError
 from medddpm.output_folder import atomic_path, sha256_of
 from medddpm.runtime import (
@@ -116,7 +116,7 @@ class _Plan:
     weights_file: Path
     sha256: str
     model: torch.nn.Module
-    schedule: NoiseSchedule
+    schedule: Process
     settings: SampleConfig
     """Sampler, steps, eta (None: the sampler's own) and batch size."""
     eta: float
@@ -127,6 +127,8 @@ class _Plan:
     fmt: str
     spacing: tuple[float, float, float]
     image_size: tuple[int, int, int]
+    space: Any
+    """The model's space (medddpm.models.spaces.SpaceEntry): samples are decoded from it."""
     mapping: IntensityMapping
     dtype: type
     recipe: dict[str, Any] = field(default_factory=dict)
@@ -185,6 +187,7 @@ def _plan(
     fmt: str,
     request: ConditionRequest,
 ) -> _Plan:
+    from medddpm.models.spaces import config_space
     from medddpm.models.unet import build_unet
 
     check_torch_version()
@@ -200,6 +203,10 @@ def _plan(
     cfg = ckpt.config
     # A SampleConfig has checked the sampler, eta against its bounds, steps and batch size >= 1.
     settings = cfg.sample if settings is None else settings
+    try:
+        check_sampler_fits(settings.sampler, cfg.diffusion.process)
+    except InputError as e:
+        raise InputError(f"invalid value for --sampler: {e}") from None
     T = cfg.diffusion.num_train_timesteps
     if settings.steps > T:
         raise InputError(f"--steps must be between 1 and the {T} training timesteps; got {settings.steps}")
@@ -214,6 +221,7 @@ def _plan(
         )
 
     conditions = resolve_conditions(ckpt, request, num, seed)
+    space = config_space(cfg)
     weights_file = ckpt.path / ("ema.safetensors" if ema else "model.safetensors")
     model = build_unet(cfg.model, condition_sizes=[] if conditions is None else conditions.spec.sizes)
     load_weights(model, ckpt.weights(ema=ema), weights_file)
@@ -225,7 +233,7 @@ def _plan(
         weights_file=weights_file,
         sha256=sha256_of(weights_file),
         model=model,
-        schedule=NoiseSchedule.from_config(cfg.diffusion),
+        schedule=build_process(cfg.diffusion),
         settings=settings,
         eta=resolve_eta(settings.sampler, settings.eta),
         seed=seed,
@@ -234,6 +242,7 @@ def _plan(
         fmt=fmt,
         spacing=tuple(float(s) for s in spacing),
         image_size=tuple(cfg.data.image_size),
+        space=space,
         mapping=mapping,
         dtype=np.int16 if mapping.modality == "ct" else np.float32,
         conditions=conditions,
@@ -510,6 +519,7 @@ def _draw(
         model, plan.schedule, plan.image_size, seeds, settings.sampler, settings.steps, eta=settings.eta,
         device=plan.device, precision=plan.precision, batch_size=settings.batch_size, on_step=on_step,
         **guidance,
+        space=plan.space,
     )  # fmt: skip
     records: dict[int, dict[str, Any]] = {}
     t_batch = time.perf_counter()

@@ -36,6 +36,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
 from medddpm.config import Config
+from medddpm.models.spaces import config_space
 from medddpm.models.unet import build_unet
 
 GIB = 2**30
@@ -152,7 +153,8 @@ def _activation_bytes(cfg: Config, batch_size: int, precision: str, device: str 
         block.register_forward_pre_hook(enter(name), with_kwargs=True)
         block.register_forward_hook(lambda m, a, o: current.pop() and None)
     low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    x = torch.empty(batch_size, 1, *cfg.data.image_size, device="meta")
+    space = config_space(cfg)
+    x = torch.empty(batch_size, space.channels, *space.latent_size(cfg.data.image_size), device="meta")
     t = torch.zeros(batch_size, dtype=torch.long, device="meta")
     mode = _EstimationMode(low, device, cfg.model.use_flash_attention)
     with mode, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -276,7 +278,8 @@ def measure_training_step(
     """
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    from medddpm.diffusion.schedule import NoiseSchedule, diffusion_loss
+    from medddpm.diffusion.objective import diffusion_loss
+    from medddpm.diffusion.process import build_process
     from medddpm.runtime import autocast
 
     dev = torch.device(device)
@@ -286,9 +289,11 @@ def measure_training_step(
     model = build_unet(cfg.model).to(dev)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.999), use_buffers=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    schedule = NoiseSchedule.from_config(cfg.diffusion)
+    schedule = build_process(cfg.diffusion)
+    space = config_space(cfg)
     generator = torch.Generator(device=dev).manual_seed(seed)
     x0 = torch.rand(batch_size, 1, *cfg.data.image_size, generator=generator, device=dev) * 2 - 1
+    x0 = space.encode(x0)
 
     def step() -> int:
         """One training step; returns the bytes held when the forward pass ended."""

@@ -10,22 +10,25 @@ from monai.networks.nets import DiffusionModelUNet
 from torch.utils.checkpoint import checkpoint
 
 from medddpm.config import ModelConfig
+from medddpm.models.spaces import SPACES
 
 
 def build_unet(
     cfg: ModelConfig, spatial_dims: int = 3, condition_sizes: Sequence[int] = ()
 ) -> DiffusionModelUNet:
-    """A single-channel U-Net mapping (x_t [B, 1, *spatial], t [B]) to eps or v of the same shape.
+    """A U-Net mapping (x_t [B, C, *spatial], t [B]) to the process's target of the same shape;
+    C is the channels of ``cfg.space`` (pixel 1, wavelet 8).
 
     ``condition_sizes``: per condition variable, its number of categories or 0 for a continuous one
     (``medddpm.data.conditions.ConditionSpec.sizes``); with any, the network is a ConditionalUNet
     that also takes ``cond_values`` and ``cond_known`` (``medddpm.models.conditioning``). Without,
     it is MONAI's DiffusionModelUNet itself.
     """
+    channels = SPACES[cfg.space].channels
     kwargs = dict(
         spatial_dims=spatial_dims,
-        in_channels=1,
-        out_channels=1,
+        in_channels=channels,
+        out_channels=channels,
         channels=tuple(cfg.channels),
         attention_levels=tuple(cfg.attention_levels),
         num_res_blocks=cfg.num_res_blocks,

@@ -40,8 +40,10 @@ from medddpm.data.conditions import TrainingConditions, match_table
 from medddpm.data.scans import Preflight, discover_scans, preflight, write_dataset_json
 from medddpm.data.transforms import OutputGeometry, build_dataset, output_geometry
 from medddpm.diffusion.noise import PerSampleGenerator
-from medddpm.diffusion.schedule import NoiseSchedule, diffusion_loss
+from medddpm.diffusion.objective import diffusion_loss
+from medddpm.diffusion.process import Process, build_process
 from medddpm.errors import InputError, TrainingAborted
+from medddpm.models.spaces import SPACES, SpaceEntry, config_space
 from medddpm.models.unet import count_parameters
 from medddpm.runtime import (
     Distributed,
@@ -186,6 +188,7 @@ def check_inputs(
     failure: InputError | None = None
     start = state = table = None
     try:
+        config_space(cfg)  # image_size fits the space and the U-Net's levels
         check_run_dir(run_dir, resume, overwrite, kind)
         checkpoints = list_checkpoints(run_dir) if resume else []
         start = open_checkpoint(checkpoints[-1][1]) if checkpoints else None
@@ -317,7 +320,8 @@ def run_loop(
     steps are skipped, and ``train.max_nonfinite`` of them in a row raise TrainingAborted.
     """
     tc, dist, device = cfg.train, compute.dist, compute.device
-    schedule = NoiseSchedule.from_config(cfg.diffusion)
+    schedule = build_process(cfg.diffusion)
+    space = config_space(cfg)
     checkpoints = CheckpointWriter(run_dir, cfg, found.spacing, dist, found.start, found.conditions)
 
     def take_step() -> tuple[float, float]:
@@ -332,6 +336,7 @@ def run_loop(
             compute.precision,
             found.conditions,
             cfg.conditions,
+            space,
         )
 
     def preview(step: int) -> None:
@@ -533,7 +538,7 @@ def condition_dropout(
 
 def train_step(
     learner: Learner,
-    schedule: NoiseSchedule,
+    schedule: Process,
     dataset: Sequence[dict],
     samples_seen: int,
     tc: TrainConfig,
@@ -542,10 +547,12 @@ def train_step(
     precision: str,
     conditions: TrainingConditions | None = None,
     cc: ConditionsConfig | None = None,
+    space: SpaceEntry = SPACES["pixel"],
 ) -> tuple[float, float]:
     """One optimizer step from stream position ``samples_seen``: ``grad_accum`` micro-batches
-    (batch assembly from the cache, conditions with dropout, loss, backward), unscale, clip, AdamW,
-    EMA, LR schedule.
+    (batch assembly from the cache, encoding into ``space``, conditions with dropout, loss,
+    backward), unscale, clip, AdamW, EMA, LR schedule. ``schedule``: the process
+    (medddpm.diffusion.process).
 
     Returns this process's (loss, grad_norm). When either is not finite the update is skipped
     (weights, EMA and AdamW moments untouched); the caller counts such steps.
@@ -554,7 +561,7 @@ def train_step(
     for micro in range(tc.grad_accum):
         position = samples_seen + (micro * dist.world_size + dist.rank) * tc.batch_size
         idx = batch_indices(position, tc.batch_size, len(dataset), tc.seed)
-        x0 = torch.stack([dataset[i]["image"] for i in idx]).to(device, non_blocking=True)
+        x0 = space.encode(torch.stack([dataset[i]["image"] for i in idx]).to(device, non_blocking=True))
         g = sample_generators(tc.seed, position, tc.batch_size, device)
         kwargs = {}
         if conditions is not None:

@@ -111,21 +111,26 @@ def write_preview(
     device: torch.device,
     precision: str,
 ) -> Path:
-    """previews/step-N.png: mid-slices of ``train.preview_num`` EMA samples (short DDIM, fixed seeds)."""
+    """previews/step-N.png: mid-slices of ``train.preview_num`` EMA samples (fixed seeds, a short
+    deterministic sampler of the process: DDIM for ddpm, Euler for rflow), decoded from the model's space."""
     from medddpm.diffusion.generate import generate
+    from medddpm.diffusion.process import process_entry
+    from medddpm.models.spaces import config_space
     from medddpm.preview import save_montage
 
     model.eval()
     seeds = list(range(cfg.train.preview_num))
+    sampler = process_entry(cfg.diffusion.process).preview_sampler
     volumes = generate(
         model,
         schedule,
         cfg.data.image_size,
         seeds,
-        "ddim",
+        sampler,
         cfg.train.preview_steps,
         device=device,
         precision=precision,
+        space=config_space(cfg),
     )
     path = run_dir / "previews" / f"step-{step:08d}.png"
     save_montage(
@@ -134,6 +139,6 @@ def write_preview(
         spacing=spacing,
         titles=[f"seed {s}" for s in seeds],
         value_range=(-1.0, 1.0),
-        suptitle=f"EMA samples at step {step} (DDIM, {cfg.train.preview_steps} steps)",
+        suptitle=f"EMA samples at step {step} ({sampler}, {cfg.train.preview_steps} steps)",
     )
     return path

@@ -5,13 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from medddpm.diffusion.flow import RectifiedFlow
 from medddpm.diffusion.guidance import Guided
 from medddpm.diffusion.noise import PerSampleGenerator
 from medddpm.diffusion.samplers import SAMPLERS, timesteps_for
 from medddpm.diffusion.schedule import NoiseSchedule, linear_betas
 
 
-def _schedule() -> NoiseSchedule:
+def _process(name: str) -> NoiseSchedule | RectifiedFlow:
+    """A small process of the kind sampler ``name`` fits."""
+    if SAMPLERS[name].process == "rflow":
+        return RectifiedFlow(num_timesteps=100)
     return NoiseSchedule(alphas_cumprod=torch.cumprod(1 - linear_betas(100, 1e-4, 0.02), 0))
 
 
@@ -26,7 +30,7 @@ class Toy(torch.nn.Module):
 def _run(name, model, model_kwargs):
     x = PerSampleGenerator.from_seeds([1, 2]).randn((2, 1, 4, 4, 4))
     entry = SAMPLERS[name]
-    sched = _schedule()
+    sched = _process(name)
     return entry.function(
         model, x, sched, timesteps_for(sched, 6), eta=entry.eta,
         generator=PerSampleGenerator.from_seeds([5, 6]), model_kwargs=model_kwargs,

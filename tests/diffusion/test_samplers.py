@@ -30,6 +30,8 @@ from medddpm.diffusion.samplers import (
 from medddpm.diffusion.schedule import NoiseSchedule, append_dims, cosine_betas, linear_betas
 from medddpm.errors import InputError
 
+DDPM_SAMPLERS = sorted(name for name, entry in SAMPLERS.items() if entry.process == "ddpm")
+"""The samplers of the ddpm process (the rflow ones are tested in test_flow.py)."""
 T = 100  # a short chain keeps the full-length DDPM reference cheap
 SHAPE = (2, 1, 8, 8, 8)  # [B, C, D, H, W]
 ATOL = 1e-5
@@ -317,7 +319,7 @@ def test_generator_must_match_batch():
         randn_like(torch.empty(SHAPE), generators(0))
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", DDPM_SAMPLERS)
 def test_callback_reports_each_step_and_dtype_is_kept(name):
     schedule = make_schedule(prediction="v")
     calls: list[tuple[int, int]] = []
@@ -336,8 +338,8 @@ def test_callback_reports_each_step_and_dtype_is_kept(name):
 
 def test_unknown_sampler_names_the_choices():
     schedule = make_schedule()
-    with pytest.raises(InputError, match=r"'euler' \(choose one of: ddpm, ddim, dpm\+\+\)$"):
-        sample("euler", FakeDenoiser(schedule), noise(), schedule, timesteps_for(schedule, 4))
+    with pytest.raises(InputError, match=r"'lms' \(choose one of: ddpm, ddim, dpm\+\+, euler, heun\)$"):
+        sample("lms", FakeDenoiser(schedule), noise(), schedule, timesteps_for(schedule, 4))
     with pytest.raises(InputError, match="did you mean 'ddim'"):
         sample("DDIM", FakeDenoiser(schedule), noise(), schedule, timesteps_for(schedule, 4))
 
@@ -353,7 +355,8 @@ def test_schedule_prediction_is_followed():
     # The same denoiser read as eps and as v must give the same sample: the bookkeeping is consistent.
     eps, v = make_schedule(prediction="eps"), dataclasses.replace(make_schedule(), prediction="v")
     x, ts = noise(), timesteps_for(eps, 6)
-    for entry in SAMPLERS.values():
+    for name in DDPM_SAMPLERS:
+        entry = SAMPLERS[name]
         a = entry.function(FakeDenoiser(eps), x, eps, ts, eta=0.0)
         b = entry.function(FakeDenoiser(v), x, v, ts, eta=0.0)
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
@@ -374,7 +377,7 @@ def test_timesteps_are_an_input():
             sample("ddim", model, noise(), schedule, bad)
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", DDPM_SAMPLERS)
 def test_clip_range_is_a_parameter(name):
     """Point data x0* reaching |x| = 1.5: no clipping (a latent space) or a wide range ends on x0*;
     the default [-1, 1] keeps every x-hat_0, and so the result, inside [-1, 1]."""
@@ -396,7 +399,7 @@ def test_clip_range_is_a_parameter(name):
     assert narrow.abs().max() <= 0.5
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", DDPM_SAMPLERS)
 def test_model_kwargs_reach_the_model_on_every_call(name):
     schedule = make_schedule()
     fake = FakeDenoiser(schedule)
@@ -421,7 +424,7 @@ def test_model_kwargs_reach_the_model_on_every_call(name):
     assert calls == [{}, {}, {}]  # no model_kwargs: the model gets none
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", DDPM_SAMPLERS)
 def test_eta_none_is_the_entry_default(name):
     schedule = make_schedule()
     entry = SAMPLERS[name]
@@ -439,13 +442,14 @@ def test_config_accepts_exactly_the_registered_names_and_eta_bounds():
     from medddpm.config import SampleConfig, config_from_dict
 
     for name, entry in SAMPLERS.items():
-        assert config_from_dict({"sample": {"sampler": name}}).sample.sampler == name
+        process = {"process": entry.process}
+        assert config_from_dict({"sample": {"sampler": name}, "diffusion": process}).sample.sampler == name
         assert name in SampleConfig.model_fields["sampler"].description
         assert f"{name} {entry.eta:g}" in SampleConfig.model_fields["eta"].description
     with pytest.raises(
-        InputError, match=r"sample.sampler.*unknown sampler 'euler' \(choose one of: ddpm, ddim"
+        InputError, match=r"sample.sampler.*unknown sampler 'lms' \(choose one of: ddpm, ddim"
     ):
-        config_from_dict({"sample": {"sampler": "euler"}})
+        config_from_dict({"sample": {"sampler": "lms"}})
     with pytest.raises(InputError, match="sample.eta.*between 0 and 1 for the ddim sampler"):
         config_from_dict({"sample": {"sampler": "ddim", "eta": 1.5}})
     assert config_from_dict({"sample": {"sampler": "dpm++", "eta": 1.5}}).sample.eta == 1.5

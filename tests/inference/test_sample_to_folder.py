@@ -304,7 +304,8 @@ def test_bad_checkpoint_is_one_line_exit_2_and_writes_nothing(
     ("args", "option"),
     [
         (["--num", "0"], "--num"),
-        (["--num", "2", "--sampler", "euler"], "--sampler"),
+        (["--num", "2", "--sampler", "lms"], "--sampler"),
+        (["--num", "2", "--sampler", "euler"], "--sampler"),  # a sampler of the other process
         (["--num", "2", "--format", "png"], "--format"),
         (["--num", "2", "--steps", "0"], "--steps"),
         (["--num", "2", "--sampler", "ddim", "--eta", "2"], "--eta"),
@@ -353,7 +354,10 @@ def test_flags_override_the_checkpoint_section_and_name_themselves():
     assert base.with_flags(steps=10) == SampleConfig(sampler="ddim", steps=10, eta=0.5, batch_size=8)
     assert base.with_flags(sampler="dpm++", eta=2.0).eta == 2.0
     for flags, message in [
-        ({"sampler": "euler"}, r"--sampler: unknown sampler 'euler' \(choose one of: ddpm, ddim, dpm\+\+\)"),
+        (
+            {"sampler": "lms"},
+            r"--sampler: unknown sampler 'lms' \(choose one of: ddpm, ddim, dpm\+\+, euler, heun\)",
+        ),
         ({"eta": 1.5}, "--eta: must be between 0 and 1 for the ddim sampler"),
         ({"steps": 0}, "--steps: must be at least 1"),
         ({"batch_size": 0}, "--batch-size: must be at least 1"),
@@ -436,3 +440,33 @@ def test_bf16_on_cpu_is_finite_close_to_fp32_and_recorded(run: Path, first: Path
     )
     relative = float(torch.linalg.vector_norm(b - a) / torch.linalg.vector_norm(a))
     assert torch.isfinite(b).all() and 0 < relative < 1e-2  # 0: bf16 was not applied
+
+
+def test_a_wavelet_rflow_checkpoint_samples_with_its_own_samplers_only(tmp_path: Path, capsys):
+    """Wavelet space + rectified flow: euler (the default) and heun write volumes of the training
+    size, decoded from 8 channels at half size; a ddpm sampler is refused before anything is written."""
+    from medddpm.config import build_config
+    from medddpm.training.loop import train
+
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        data = rng.normal(0, 1, (16, 16, 16)).astype(np.float32)
+        (tmp_path / "scans").mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(data, np.diag([*SPACING, 1.0])), str(tmp_path / "scans" / f"mr_{i}.nii.gz"))
+    options = ["model.space=wavelet", "diffusion.process=rflow", "train.preview_every=1"]
+    train(build_config("tiny", options, {"train.max_steps": 1}), tmp_path / "scans", tmp_path / "run")
+    assert (tmp_path / "run" / "previews" / "step-00000001.png").stat().st_size > 0
+    for sampler in ("euler", "heun"):
+        out = tmp_path / sampler
+        code, err = cli(capsys, tmp_path / "run", "--output", out, "--num", "1", "--sampler", sampler, *FAST)
+        assert code == 0, err
+        volume = voxels(out, 0)
+        assert volume.shape == (16, 16, 16) and np.isfinite(volume).all()
+        assert volume.min() >= 0 and volume.max() <= 1  # MRI samples on [0, 1]
+    assert json.loads((tmp_path / "euler" / "manifest.json").read_text())["sampler"] == "euler"
+    code, err = cli(
+        capsys, tmp_path / "run", "--output", tmp_path / "ddim", "--num", "1", "--sampler", "ddim"
+    )
+    assert code == 2 and err.count("\n") == 1
+    assert "--sampler" in err and "ddim sampler is for ddpm models" in err and "rflow process" in err
+    assert not (tmp_path / "ddim").exists()

@@ -32,13 +32,22 @@ def interrupt_at(step: int):
     return on_step
 
 
-def test_resume_gives_identical_weights(scan_dir: Path, tmp_path: Path):
+@pytest.mark.parametrize(
+    "options",
+    [
+        (),
+        ("model.space=wavelet", "diffusion.process=rflow", "diffusion.rflow_shift=2"),
+        ("model.space=wavelet", "diffusion.prediction=v", "diffusion.min_snr_gamma=5"),
+    ],
+    ids=["pixel-ddpm", "wavelet-rflow", "wavelet-v-minsnr"],
+)
+def test_resume_gives_identical_weights(scan_dir: Path, tmp_path: Path, options):
     """4 steps straight == 2 steps, interrupted (Ctrl-C writes a checkpoint), then resumed for 2 more.
 
     The LR schedule spans max_steps, so both runs are configured for 4 steps.
     """
     straight, split = tmp_path / "straight", tmp_path / "split"
-    cfg = tiny("train.max_steps=4", "train.checkpoint_every=3")
+    cfg = tiny("train.max_steps=4", "train.checkpoint_every=3", *options)
     train(cfg, scan_dir, straight)
     first = train(cfg, scan_dir, split, on_step=interrupt_at(2))
     assert first.interrupted and first.step == 2 and first.checkpoint.name == "step-00000002"
