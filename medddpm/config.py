@@ -164,6 +164,8 @@ class TrainConfig(Section):
     """Clip the global gradient norm; guards against rare spikes at high t."""
     ema_decay: float = 0.999
     """EMA of the weights used for sampling; 0.999 averages ~1000 steps."""
+    ema_warmup: bool = True
+    """Warm-up as diffusers: decay min(ema_decay, (1+n)/(10+n)) at update n; short runs forget the init."""
     precision: Precision = "auto"
     """auto: bf16 on CUDA that supports it, else fp32 (fp16 uses a GradScaler)."""
     compile: bool = False
@@ -366,13 +368,20 @@ def build_config(
     config_file: str | Path | None = None,
     overrides: Iterable[str] = (),
     flags: Mapping[str, Any] | None = None,
+    *,
+    saved: bool = False,
 ) -> Config:
-    """Defaults < config file < ``--set`` overrides < flags (``{"train.max_steps": 10}``, None skipped)."""
+    """Defaults < config file < ``--set`` overrides < flags (``{"train.max_steps": 10}``, None skipped).
+
+    ``saved``: the file is a config a run saved (RUN_DIR/config.yaml), whose missing fields mean their
+    LEGACY_VALUES (see ``with_legacy_values``).
+    """
     data: dict[str, Any] = {}
     source = "command line"
     if config_file is not None:
         path = resolve_config_path(config_file)
         data = read_yaml(path)
+        data = with_legacy_values(data) if saved else data
         source = f"{path} (with command-line overrides)" if overrides or flags else str(path)
     data = _deep_merge(data, parse_set(overrides))
     data = _deep_merge(data, _flags_nested(flags or {}))
@@ -388,6 +397,27 @@ def _flags_nested(flags: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+LEGACY_VALUES: dict[str, Any] = {"train.ema_warmup": False}
+"""Fields added after configs were first saved -> what the code did before the field existed. A saved
+config (RUN_DIR/config.yaml, a checkpoint's meta.json) that lacks a field was trained that way, so
+``saved_config_from_dict`` fills it from here, not from today's default."""
+
+
+def with_legacy_values(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` (a saved config) with every field of LEGACY_VALUES it lacks set to its legacy value."""
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+    for dotted, value in LEGACY_VALUES.items():
+        section, name = dotted.split(".")
+        if isinstance(out.setdefault(section, {}), dict):
+            out[section].setdefault(name, value)
+    return out
+
+
+def saved_config_from_dict(data: Mapping[str, Any], source: str = "config") -> Config:
+    """A config an earlier run saved: fields it lacks mean their LEGACY_VALUES, then the defaults."""
+    return config_from_dict(with_legacy_values(data), source)
+
+
 def config_from_dict(data: Mapping[str, Any], source: str = "config") -> Config:
     try:
         return Config.model_validate(dict(data))
@@ -396,8 +426,9 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> Config:
 
 
 def load_config(path: str | Path) -> Config:
+    """A config a run saved (RUN_DIR/config.yaml): missing fields mean their LEGACY_VALUES."""
     path = Path(path)
-    return config_from_dict(read_yaml(path), str(path))
+    return saved_config_from_dict(read_yaml(path), str(path))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
