@@ -41,6 +41,7 @@ import torch
 from medddpm.config import Config, Device, Precision, SampleConfig
 from medddpm.data.nifti import OUTPUT_FORMATS, write_volume
 from medddpm.data.transforms import IntensityMapping
+from medddpm.diffusion.advice import sampling_warnings
 from medddpm.diffusion.samplers import resolve_eta
 from medddpm.diffusion.schedule import NoiseSchedule
 from medddpm.errors import InputError
@@ -99,6 +100,8 @@ class SampleResult:
     """Sampling time of the slowest process."""
     checkpoint: Path
     manifest: Path
+    warnings: list[str] = field(default_factory=list)
+    """Why these samples may not look like the data (``medddpm.diffusion.advice``), as logged."""
 
 
 @dataclass
@@ -123,6 +126,7 @@ class _Plan:
     mapping: IntensityMapping
     dtype: type
     recipe: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,6 +230,10 @@ def _plan(
         mapping=mapping,
         dtype=np.int16 if mapping.modality == "ct" else np.float32,
     )
+    plan.warnings = sampling_warnings(
+        step=ckpt.step, prediction=cfg.diffusion.prediction, sampler=settings.sampler, steps=settings.steps,
+        eta=plan.eta, use_ema=ema, ema_decay=cfg.train.ema_decay, ema_warmup=cfg.train.ema_warmup,
+    )  # fmt: skip
     plan.recipe = {
         "sha256": plan.sha256,
         "weights": weights_file.name,
@@ -529,6 +537,8 @@ def sample_to_folder(
             f"{plan.settings.steps} steps, eta {plan.eta:g}, {plan.device.type} {plan.precision}"
             + (f", {dist.world_size} processes" if dist.enabled else "")
         )
+        for warning in plan.warnings:
+            log(f"warning: {warning}")
 
         # 3. This process's share of the missing samples.
         mine = shard(list(range(num)), dist.rank, dist.world_size)
@@ -558,4 +568,5 @@ def sample_to_folder(
         wall_seconds=wall,
         checkpoint=plan.checkpoint.path,
         manifest=out_dir / MANIFEST,
+        warnings=plan.warnings,
     )

@@ -37,6 +37,7 @@ import torch
 from medddpm.config import Config, TrainConfig, save_config
 from medddpm.data.scans import Preflight, discover_scans, preflight, write_dataset_json
 from medddpm.data.transforms import OutputGeometry, build_dataset, output_geometry
+from medddpm.diffusion.advice import sampling_warnings
 from medddpm.diffusion.noise import PerSampleGenerator
 from medddpm.diffusion.schedule import NoiseSchedule, diffusion_loss
 from medddpm.errors import InputError, TrainingAborted
@@ -295,6 +296,8 @@ def run_loop(
                 checkpoints.save(learner)
             if tc.preview_every and (learner.step % tc.preview_every == 0 or last) and dist.is_main:
                 ema = learner.ema.module
+                for warning in preview_warnings(cfg, learner.step):
+                    log(f"warning: preview at step {learner.step}: {warning}")
                 write_preview(
                     ema, schedule, cfg, learner.step, run_dir, found.spacing, device, compute.precision
                 )
@@ -309,6 +312,14 @@ def run_loop(
         stop.stop_listening()
         records.close()
     return TrainResult(run_dir, learner.step, checkpoints.last)
+
+
+def preview_warnings(cfg: Config, step: int) -> list[str]:
+    """Why a preview (EMA weights, DDIM with ``train.preview_steps``) at ``step`` may show only noise."""
+    return sampling_warnings(
+        step=step, prediction=cfg.diffusion.prediction, sampler="ddim", steps=cfg.train.preview_steps,
+        eta=0.0, use_ema=True, ema_decay=cfg.train.ema_decay, ema_warmup=cfg.train.ema_warmup,
+    )  # fmt: skip
 
 
 def stop_early(

@@ -436,3 +436,20 @@ def test_bf16_on_cpu_is_finite_close_to_fp32_and_recorded(run: Path, first: Path
     )
     relative = float(torch.linalg.vector_norm(b - a) / torch.linalg.vector_norm(a))
     assert torch.isfinite(b).all() and 0 < relative < 1e-2  # 0: bf16 was not applied
+
+
+def test_sample_warns_when_the_ema_is_too_young(run: Path, tmp_path: Path):
+    """Two training steps: the EMA weights are still mostly the first step's; sampling says so in one
+    plain line (and still samples), and says nothing of it for the raw weights."""
+    from medddpm.inference.sample_to_folder import sample_to_folder
+
+    lines: list[str] = []
+    result = sample_to_folder(run, tmp_path / "ema", 1, SampleConfig(steps=2), device="cpu", log=lines.append)
+    warned = [line for line in lines if line.startswith("warning: the EMA weights at step 2")]
+    assert len(warned) == 1 and warned[0].removeprefix("warning: ") in result.warnings
+    assert result.files[0].is_file()
+    lines.clear()
+    raw = sample_to_folder(
+        run, tmp_path / "raw", 1, SampleConfig(steps=2), ema=False, device="cpu", log=lines.append
+    )
+    assert not any("EMA" in line for line in lines) and not any("EMA" in w for w in raw.warnings)

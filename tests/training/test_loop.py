@@ -129,8 +129,11 @@ def test_gradient_accumulation_and_checkpointing_run(scan_dir: Path, tmp_path: P
         "train.preview_num=2",
         "train.preview_steps=2",
     )
-    train(cfg, scan_dir, tmp_path / "run")
+    lines: list[str] = []
+    train(cfg, scan_dir, tmp_path / "run", log=lines.append)
     assert (tmp_path / "run" / "previews" / "step-00000002.png").stat().st_size > 1000
+    # Two steps in, the preview's EMA weights are still mostly the first step's: the log says so.
+    assert [line for line in lines if line.startswith("warning: preview at step 2: the EMA weights")]
 
 
 @pytest.mark.slow  # torch.compile's inductor builds C++ kernels: ~2 min on 2 CPU cores
