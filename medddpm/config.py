@@ -139,8 +139,8 @@ class DiffusionConfig(Section):
     """Linear schedule: beta_1 (Ho et al. 2020)."""
     beta_end: float = 0.02
     """Linear schedule: beta_T (Ho et al. 2020)."""
-    prediction: Literal["eps", "v"] = "eps"
-    """Network target: eps (Ho et al.) or v = sqrt(ab) eps - sqrt(1-ab) x0 (Salimans & Ho 2022)."""
+    prediction: Literal["eps", "v"] = "v"
+    """v = sqrt(ab) eps - sqrt(1-ab) x0 (Salimans & Ho 2022): short runs learn shapes, eps gave noise."""
 
 
 class TrainConfig(Section):
@@ -152,12 +152,12 @@ class TrainConfig(Section):
     """Volumes per step per process; 3D volumes are large, accumulate for bigger batches."""
     grad_accum: int = 1
     """Micro-batches summed per optimizer step (effective batch = batch_size x grad_accum x ranks)."""
-    lr: float = 1e-4
-    """AdamW peak learning rate, usual for diffusion U-Nets."""
+    lr: float = 2e-3
+    """AdamW peak LR: 2e-3 learnt the toy cohort in 400 steps, 1e-3 fell short (benchmarks/RESULTS.md)."""
     weight_decay: float = 0.0
     """AdamW weight decay; diffusion U-Nets rarely overfit at these sizes."""
-    warmup_steps: int = 500
-    """Linear LR warm-up: steadies AdamW's second-moment estimates."""
+    warmup_steps: int = 100
+    """Linear LR warm-up: steadies AdamW's second-moment estimates; short, so short runs reach the peak."""
     min_lr_ratio: float = 0.1
     """Cosine decay ends at lr x this."""
     grad_clip: float = 1.0
