@@ -7,9 +7,9 @@ everything it produces (``RUN_DIR/config.yaml``, each checkpoint's ``meta.json``
 Every default carries a comment saying why; ``configs/default.yaml`` repeats them and a test keeps
 the two equal.
 
-Fields added after the format was first fixed (``_added``) are written out only when they differ
-from their default: a run that does not use them saves the same config as before, and a config or
-checkpoint written before they existed loads with their defaults (the old behaviour).
+Saved configs hold every field. A config or checkpoint saved before a field existed lacks it, and
+reading it back gives that field the value the code had before it existed (``LEGACY_VALUES``), not
+today's default, so old runs resume and sample as they were trained.
 """
 
 from __future__ import annotations
@@ -42,11 +42,6 @@ PRESET_DIR = Path(__file__).parent / "configs"
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
-
-
-def _added(default: Any, description: str | None = None) -> Any:
-    """A field added after the config format was fixed: written out only when not at ``default``."""
-    return Field(default, description=description, exclude_if=lambda value: value == default)
 
 
 def _triple(value: Any, name: str) -> Any:
@@ -119,7 +114,7 @@ class ModelConfig(Section):
     """torch scaled_dot_product_attention (flash / memory-efficient kernels on CUDA)."""
     gradient_checkpointing: bool = False
     """Recompute U-Net block activations in the backward pass: ~30% slower, far less memory."""
-    space: Literal["pixel", "wavelet"] = _added("pixel")
+    space: Literal["pixel", "wavelet"] = "pixel"
     """pixel: the volume itself; wavelet: 3D Haar bands, 8 channels at half size (Friedrich et al. 2024)."""
 
     @model_validator(mode="after")
@@ -152,16 +147,17 @@ class DiffusionConfig(Section):
     """Linear schedule: beta_1 (Ho et al. 2020)."""
     beta_end: float = 0.02
     """Linear schedule: beta_T (Ho et al. 2020)."""
-    prediction: Literal["eps", "v"] = "eps"
-    """Network target: eps (Ho et al.) or v = sqrt(ab) eps - sqrt(1-ab) x0 (Salimans & Ho 2022)."""
-    process: str = _added(
+    prediction: Literal["eps", "v"] = "v"
+    """v = sqrt(ab) eps - sqrt(1-ab) x0 (Salimans & Ho 2022): short runs learn shapes, eps gave noise."""
+    process: str = Field(
         "ddpm",
-        f"One of {', '.join(PROCESSES)} (medddpm.diffusion.process.PROCESSES): ddpm as above, or rflow "
-        "(rectified flow, velocity target x0 - eps, logit-normal t); the default sampler follows it.",
+        description=f"One of {', '.join(PROCESSES)} (medddpm.diffusion.process.PROCESSES): ddpm as above, "
+        "or rflow (rectified flow, velocity target x0 - eps, logit-normal t); the default sampler "
+        "follows it.",
     )
-    min_snr_gamma: PositiveFloat | None = _added(None)
+    min_snr_gamma: PositiveFloat | None = None
     """ddpm only: min-SNR-gamma loss weights (Hang et al. 2023 use 5); null: unweighted, as before."""
-    rflow_shift: PositiveFloat = _added(1.0)
+    rflow_shift: PositiveFloat = 1.0
     """rflow only: time shift s t / (1 + (s-1) t) (Esser et al. 2024); > 1 favours high noise."""
 
     @field_validator("process")
@@ -189,18 +185,20 @@ class TrainConfig(Section):
     """Volumes per step per process; 3D volumes are large, accumulate for bigger batches."""
     grad_accum: int = 1
     """Micro-batches summed per optimizer step (effective batch = batch_size x grad_accum x ranks)."""
-    lr: float = 1e-4
-    """AdamW peak learning rate, usual for diffusion U-Nets."""
+    lr: float = 2e-3
+    """AdamW peak LR: 2e-3 learnt the toy cohort in 400 steps, 1e-3 fell short (benchmarks/RESULTS.md)."""
     weight_decay: float = 0.0
     """AdamW weight decay; diffusion U-Nets rarely overfit at these sizes."""
-    warmup_steps: int = 500
-    """Linear LR warm-up: steadies AdamW's second-moment estimates."""
+    warmup_steps: int = 100
+    """Linear LR warm-up: steadies AdamW's second-moment estimates; short, so short runs reach the peak."""
     min_lr_ratio: float = 0.1
     """Cosine decay ends at lr x this."""
     grad_clip: float = 1.0
     """Clip the global gradient norm; guards against rare spikes at high t."""
     ema_decay: float = 0.999
     """EMA of the weights used for sampling; 0.999 averages ~1000 steps."""
+    ema_warmup: bool = True
+    """Warm-up as diffusers: decay min(ema_decay, (1+n)/(10+n)) at update n; short runs forget the init."""
     precision: Precision = "auto"
     """auto: bf16 on CUDA that supports it, else fp32 (fp16 uses a GradScaler)."""
     compile: bool = False
@@ -413,20 +411,8 @@ class Config(Section):
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain types only (lists, not tuples), ready for YAML or JSON.
-
-        A section of OPTIONAL_SECTIONS at its defaults is left out (reading it back gives the same
-        config), so the files of runs that do not use it stay as they were before it existed.
-        """
-        out = self.model_dump(mode="json")
-        for name in OPTIONAL_SECTIONS:
-            if getattr(self, name) == type(getattr(self, name))():
-                del out[name]
-        return out
-
-
-OPTIONAL_SECTIONS = ("conditions",)
-"""Sections that only some runs use (conditioning): left out of saved configs while at their defaults."""
+        """Plain types only (lists, not tuples), ready for YAML or JSON."""
+        return self.model_dump(mode="json")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,13 +505,20 @@ def build_config(
     config_file: str | Path | None = None,
     overrides: Iterable[str] = (),
     flags: Mapping[str, Any] | None = None,
+    *,
+    saved: bool = False,
 ) -> Config:
-    """Defaults < config file < ``--set`` overrides < flags (``{"train.max_steps": 10}``, None skipped)."""
+    """Defaults < config file < ``--set`` overrides < flags (``{"train.max_steps": 10}``, None skipped).
+
+    ``saved``: the file is a config a run saved (RUN_DIR/config.yaml), whose missing fields mean their
+    LEGACY_VALUES (see ``with_legacy_values``).
+    """
     data: dict[str, Any] = {}
     source = "command line"
     if config_file is not None:
         path = resolve_config_path(config_file)
         data = read_yaml(path)
+        data = with_legacy_values(data) if saved else data
         source = f"{path} (with command-line overrides)" if overrides or flags else str(path)
     data = _deep_merge(data, parse_set(overrides))
     data = _deep_merge(data, _flags_nested(flags or {}))
@@ -541,6 +534,33 @@ def _flags_nested(flags: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+LEGACY_VALUES: dict[str, Any] = {
+    "model.space": "pixel",
+    "diffusion.process": "ddpm",
+    "diffusion.min_snr_gamma": None,
+    "diffusion.rflow_shift": 1.0,
+    "train.ema_warmup": False,
+}
+"""Fields added after configs were first saved -> what the code did before the field existed. A saved
+config (RUN_DIR/config.yaml, a checkpoint's meta.json) that lacks a field was trained that way, so
+``saved_config_from_dict`` fills it from here, not from today's default."""
+
+
+def with_legacy_values(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` (a saved config) with every field of LEGACY_VALUES it lacks set to its legacy value."""
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+    for dotted, value in LEGACY_VALUES.items():
+        section, name = dotted.split(".")
+        if isinstance(out.setdefault(section, {}), dict):
+            out[section].setdefault(name, value)
+    return out
+
+
+def saved_config_from_dict(data: Mapping[str, Any], source: str = "config") -> Config:
+    """A config an earlier run saved: fields it lacks mean their LEGACY_VALUES, then the defaults."""
+    return config_from_dict(with_legacy_values(data), source)
+
+
 def config_from_dict(data: Mapping[str, Any], source: str = "config") -> Config:
     try:
         return Config.model_validate(dict(data))
@@ -549,8 +569,9 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> Config:
 
 
 def load_config(path: str | Path) -> Config:
+    """A config a run saved (RUN_DIR/config.yaml): missing fields mean their LEGACY_VALUES."""
     path = Path(path)
-    return config_from_dict(read_yaml(path), str(path))
+    return saved_config_from_dict(read_yaml(path), str(path))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

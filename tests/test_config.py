@@ -150,3 +150,23 @@ def test_every_preset_builds_its_model_and_passes_a_dry_run(preset: str, tmp_pat
     assert "1 NIfTI files" in err and "1 usable, 0 not" in err and "estimated peak" in err
     assert f"{parameters:,} parameters" in err
     assert not out.exists()
+
+
+def test_a_saved_config_without_a_later_field_means_its_legacy_value(tmp_path):
+    """A config saved before train.ema_warmup existed was trained without warm-up: the checkpoint's
+    meta.json and RUN_DIR/config.yaml (a --resume) read it as False, while a user's config file
+    lacking it gets today's default."""
+    from medddpm.config import LEGACY_VALUES, load_config, saved_config_from_dict
+
+    old = Config().to_dict()
+    del old["train"]["ema_warmup"]
+    assert LEGACY_VALUES["train.ema_warmup"] is False and Config().train.ema_warmup is True
+    assert saved_config_from_dict(old).train.ema_warmup is False
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(old))
+    assert load_config(path).train.ema_warmup is False
+    assert build_config(path, saved=True).train.ema_warmup is False
+    assert build_config(path, ["train.ema_warmup=true"], saved=True).train.ema_warmup is True
+    assert build_config(path).train.ema_warmup is True
+    # A saved config that has the field keeps it.
+    assert saved_config_from_dict(Config().to_dict()).train.ema_warmup is True

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from medddpm.cli import main
+from medddpm.config import LEGACY_VALUES
 from medddpm.runtime import torch_threads
 from tests.conftest import blob_volume, write_nifti
 
@@ -32,11 +33,24 @@ GOLDEN = Path(__file__).with_name("golden.json")
 SAMPLERS = ("ddpm", "ddim", "dpm++")
 MANIFEST_VOLATILE = {"created", "seconds_per_volume", "wall_seconds", "versions", "device", "checkpoint"}
 RTOL = 1e-4  # across CPUs: convolution round-off after 4 optimizer steps and 5 sampler steps
-
-
-CONFIG_SECTIONS_NOT_READ = ("autoencoder",)
-"""Config sections added after golden.json was recorded that train -> sample -> evaluate of a diffusion
-run never reads (train-autoencoder's); tests/test_config.py pins their defaults."""
+RECORDED_WITH = {
+    "diffusion.prediction": "eps",
+    "diffusion.schedule": "linear",
+    "train.lr": 1e-4,
+    "train.ema_decay": 0.999,
+    "train.ema_warmup": False,
+    "sample.sampler": "dpm++",
+    "sample.steps": 5,
+    **LEGACY_VALUES,
+}
+"""The recipe golden.json was recorded with (the code defaults of the time, and tiny.yaml's sampler),
+pinned with --set so that a change of defaults leaves this a check of the code path, not of them."""
+ADDED_SINCE = LEGACY_VALUES
+"""Config fields added after golden.json was recorded, with the value the code had before them: each
+manifest's config must hold that value, and is then compared without them."""
+RECORDED_SECTIONS = {"data", "model", "diffusion", "train", "sample", "eval"}
+"""The config sections of golden.json; sections added since (conditions, autoencoder) are options this
+run does not use, and the weights and samples above would show it if they changed anything."""
 
 
 def fingerprint() -> str:
@@ -85,7 +99,8 @@ def _record(root: Path) -> dict:
     for i in range(7):  # 7 real and 7 synthetic volumes: enough for PRDC's 5 nearest neighbours
         write_nifti(root / "scans" / f"s{i}.nii.gz", blob_volume(rng))
     run = root / "run"
-    _cli("train", str(root / "scans"), "-o", str(run), "-c", "tiny", "--max-steps", "4", "--seed", "3")
+    pins = [a for key, value in RECORDED_WITH.items() for a in ("--set", f"{key}={json.dumps(value)}")]
+    _cli("train", str(root / "scans"), "-o", str(run), "-c", "tiny", "--max-steps", "4", "--seed", "3", *pins)
     ckpt = run / "checkpoints" / "step-00000004"
     out: dict = {"fingerprint": fingerprint(), "weights": {}, "samples": {}, "manifests": {}}
     for name in ("model.safetensors", "ema.safetensors"):
@@ -105,8 +120,11 @@ def _record(root: Path) -> dict:
         kept = {k: v for k, v in manifest.items() if k not in MANIFEST_VOLATILE}
         kept["samples"] = [{k: v for k, v in r.items() if k != "seconds"} for r in kept["samples"]]
         kept["recipe"] = {k: v for k, v in kept["recipe"].items() if k != "sha256"}
-        for section in CONFIG_SECTIONS_NOT_READ:
-            kept["config"].pop(section, None)
+        for dotted, value in ADDED_SINCE.items():
+            section, name = dotted.split(".")
+            assert kept["config"][section].pop(name) == value, f"{sampler} manifest: {dotted}"
+        for section in set(kept["config"]) - RECORDED_SECTIONS:
+            del kept["config"][section]
         out["manifests"][sampler] = kept
     _cli(
         "evaluate",

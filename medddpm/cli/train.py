@@ -71,7 +71,8 @@ def train(
     threads_used = cpu_threads(threads)  # --threads is checked before anything is read
     from medddpm.config import build_config, resolve_config_path
 
-    if resume and config is None and (output / "config.yaml").is_file():
+    saved = resume and config is None and (output / "config.yaml").is_file()
+    if saved:
         config = str(output / "config.yaml")  # a resumed run keeps its own config unless told otherwise
     elif config is not None:
         resolve_config_path(config)
@@ -88,7 +89,7 @@ def train(
         "train.checkpoint_every": checkpoint_every,
         "train.seed": seed,
     }
-    cfg = build_config(config, set_ or [], flags)
+    cfg = build_config(config, set_ or [], flags, saved=saved)
     if dry_run:
         from medddpm.cli.dry_run import dry_run as run_dry
 

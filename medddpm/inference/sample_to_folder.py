@@ -41,6 +41,7 @@ import torch
 from medddpm.config import Config, Device, Precision, SampleConfig
 from medddpm.data.nifti import OUTPUT_FORMATS, write_volume
 from medddpm.data.transforms import IntensityMapping
+from medddpm.diffusion.advice import sampling_warnings
 from medddpm.diffusion.process import Process, build_process
 from medddpm.diffusion.samplers import check_sampler_fits, resolve_eta
 from medddpm.errors import InputError
@@ -106,6 +107,8 @@ class SampleResult:
     """Sampling time of the slowest process."""
     checkpoint: Path
     manifest: Path
+    warnings: list[str] = field(default_factory=list)
+    """Why these samples may not look like the data (``medddpm.diffusion.advice``), as logged."""
 
 
 @dataclass
@@ -134,6 +137,7 @@ class _Plan:
     recipe: dict[str, Any] = field(default_factory=dict)
     conditions: SampleConditions | None = None
     """What each sample is conditioned on; None for an unconditional checkpoint."""
+    warnings: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,6 +251,10 @@ def _plan(
         dtype=np.int16 if mapping.modality == "ct" else np.float32,
         conditions=conditions,
     )
+    plan.warnings = sampling_warnings(
+        step=ckpt.step, prediction=plan.schedule.prediction, sampler=settings.sampler, steps=settings.steps,
+        eta=plan.eta, use_ema=ema, ema_decay=cfg.train.ema_decay, ema_warmup=cfg.train.ema_warmup,
+    )  # fmt: skip
     plan.recipe = {
         "sha256": plan.sha256,
         "weights": weights_file.name,
@@ -691,6 +699,8 @@ def sample_to_folder(
             f"{plan.settings.steps} steps, eta {plan.eta:g}, {plan.device.type} {plan.precision}"
             + (f", {dist.world_size} processes" if dist.enabled else "")
         )
+        for warning in plan.warnings:
+            log(f"warning: {warning}")
 
         # 3. This process's share of the missing samples.
         mine = shard(list(range(num)), dist.rank, dist.world_size)
@@ -720,4 +730,5 @@ def sample_to_folder(
         wall_seconds=wall,
         checkpoint=plan.checkpoint.path,
         manifest=out_dir / MANIFEST,
+        warnings=plan.warnings,
     )

@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from medddpm.config import Config, config_from_dict
+from medddpm.config import Config, saved_config_from_dict
 from medddpm.errors import InputError
 from medddpm.output_folder import fsync
 
@@ -176,7 +176,7 @@ def open_checkpoint(path: Path) -> Checkpoint:
         raise InputError(f"unreadable meta.json ({e})", path) from None
     if not isinstance(meta, dict) or "config" not in meta or "step" not in meta:
         raise InputError("meta.json lacks 'config' or 'step'", path / "meta.json")
-    config = config_from_dict(meta["config"], str(path / "meta.json"))
+    config = saved_config_from_dict(meta["config"], str(path / "meta.json"))
     return Checkpoint(path=path, step=int(meta["step"]), config=config, meta=meta)
 
 

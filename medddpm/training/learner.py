@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from medddpm.config import Config
 from medddpm.errors import InputError
@@ -159,7 +159,7 @@ def build_learner(
             build_unet(cfg.model, condition_sizes=condition_sizes).to(device),
             memory_format or preferred_memory_format(device),
         )
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
+    ema = AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(tc.ema_decay, tc.ema_warmup), use_buffers=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)
@@ -174,6 +174,39 @@ def build_learner(
         network = torch.compile(network)
     samples_per_step = tc.batch_size * tc.grad_accum * dist.world_size
     return Learner(model, network, ema, optimizer, scheduler, scaler, samples_per_step)
+
+
+def ema_decay_at(n_averaged: int, decay: float, warmup: bool) -> float:
+    """The EMA decay of the update that follows ``n_averaged`` earlier ones (the first copies the weights).
+
+    With ``warmup``, diffusers' EMAModel.get_decay without its power form: min(decay, (1 + n) / (10 + n))
+    (0.1 at n = 0, 0.5 at 8, 0.9 at 80, 0.99 at 890, 0.999 from 8990 on), so after n steps the average
+    spans roughly the last n / 10 of them instead of holding the initial weights. diffusers counts from
+    its first update, which blends with the initial weights; torch's AveragedModel copies the weights at
+    its first update and averages from the second on, so its n (updates taken in) is diffusers' step.
+    """
+    return min(decay, (1 + n_averaged) / (10 + n_averaged)) if warmup else decay
+
+
+def ema_multi_avg_fn(decay: float, warmup: bool) -> Callable[[list, list, torch.Tensor], None]:
+    """AveragedModel's multi_avg_fn: ema <- decay_t ema + (1 - decay_t) weights, decay_t = ``ema_decay_at``.
+
+    Depends on nothing but ``n_averaged`` (saved in training_state.pt), so a resumed run averages as an
+    uninterrupted one would.
+    """
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
+
+    @torch.no_grad()
+    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        decay_t = ema_decay_at(int(n_averaged), decay, warmup)
+        if torch.is_floating_point(ema_params[0]) or torch.is_complex(ema_params[0]):
+            torch._foreach_lerp_(ema_params, params, 1 - decay_t)
+        else:  # integer buffers (none in the U-Net today): torch's own rule
+            for p_ema, p in zip(ema_params, params, strict=True):
+                p_ema.copy_(p_ema * decay_t + p * (1 - decay_t))
+
+    return update
 
 
 def lr_lambda(cfg_warmup: int, max_steps: int, min_ratio: float) -> Callable[[int], float]:

@@ -39,9 +39,10 @@ from medddpm.config import ConditionsConfig, Config, TrainConfig, save_config
 from medddpm.data.conditions import TrainingConditions, match_table
 from medddpm.data.scans import Preflight, discover_scans, preflight, write_dataset_json
 from medddpm.data.transforms import OutputGeometry, build_dataset, output_geometry
+from medddpm.diffusion.advice import sampling_warnings
 from medddpm.diffusion.noise import PerSampleGenerator
 from medddpm.diffusion.objective import diffusion_loss
-from medddpm.diffusion.process import Process, build_process
+from medddpm.diffusion.process import Process, build_process, process_entry
 from medddpm.errors import InputError, TrainingAborted
 from medddpm.models.spaces import SPACES, SpaceEntry, config_space
 from medddpm.models.unet import count_parameters
@@ -340,6 +341,8 @@ def run_loop(
         )
 
     def preview(step: int) -> None:
+        for warning in preview_warnings(cfg, step):
+            log(f"warning: preview at step {step}: {warning}")
         write_preview(
             learner.ema.module, schedule, cfg, step, run_dir, found.spacing, device, compute.precision
         )
@@ -409,6 +412,17 @@ def run_steps(
         stop.stop_listening()
         records.close()
     return TrainResult(run_dir, learner.step, checkpoints.last)
+
+
+def preview_warnings(cfg: Config, step: int) -> list[str]:
+    """Why a preview (EMA weights, the process's preview sampler with ``train.preview_steps``) at
+    ``step`` may show only noise."""
+    process = build_process(cfg.diffusion)
+    sampler = process_entry(cfg.diffusion.process).preview_sampler
+    return sampling_warnings(
+        step=step, prediction=process.prediction, sampler=sampler, steps=cfg.train.preview_steps,
+        eta=0.0, use_ema=True, ema_decay=cfg.train.ema_decay, ema_warmup=cfg.train.ema_warmup,
+    )  # fmt: skip
 
 
 def stop_early(

@@ -35,14 +35,15 @@ def test_a_config_pairing_a_sampler_with_the_wrong_process_is_refused():
 
 
 def test_a_config_from_before_the_new_fields_loads_with_the_old_behaviour():
+    from medddpm.config import saved_config_from_dict
+
     old = {"diffusion": {"num_train_timesteps": 1000, "schedule": "linear", "prediction": "eps"},
            "sample": {"sampler": "ddim", "steps": 10}}  # fmt: skip
-    cfg = config_from_dict(old)
+    cfg = saved_config_from_dict(old)
     assert (cfg.diffusion.process, cfg.diffusion.min_snr_gamma, cfg.model.space) == ("ddpm", None, "pixel")
-    # and, unused, the new fields are not written: such a run saves the config it always did
-    assert set(cfg.to_dict()["diffusion"]) == {"num_train_timesteps", "schedule", "beta_start", "beta_end",
-                                               "prediction"}  # fmt: skip
-    assert "space" not in cfg.to_dict()["model"]
+    assert cfg.diffusion.rflow_shift == 1.0
+    # saved configs hold every field, so what a run used is never left to a later default
+    assert {"process", "min_snr_gamma", "rflow_shift"} <= set(cfg.to_dict()["diffusion"])
     assert config_from_dict({"model": {"space": "wavelet"}}).to_dict()["model"]["space"] == "wavelet"
 
 
@@ -64,7 +65,7 @@ def test_min_snr_weights_follow_their_formula(prediction):
 
 
 def test_the_loss_is_weighted_per_sample():
-    weighted = build_process(DiffusionConfig(min_snr_gamma=5.0))
+    weighted = build_process(DiffusionConfig(min_snr_gamma=5.0, prediction="eps"))
     plain = NoiseSchedule(weighted.alphas_cumprod)
     assert plain.loss_weights(torch.tensor([3])) is None
 

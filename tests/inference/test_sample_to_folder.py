@@ -413,8 +413,10 @@ def test_bf16_on_cpu_is_finite_close_to_fp32_and_recorded(run: Path, first: Path
     """--precision bf16 on CPU: the network runs under CPU autocast, the sampler in fp32.
 
     In model space the result differs from fp32 by bf16 rounding (8-bit significand; ~5e-5 relative
-    here, where most of an untrained model's x0 is clipped to [-1, 1]): not 0, and far from order 1.
-    In HU, after int16 rounding and the window's clipping, by at most a few HU."""
+    here, where much of an untrained model's x0 is clipped to [-1, 1]): not 0, and far from order 1.
+    In HU, after int16 rounding and the window's clipping, by at most a few HU, and by less than half
+    a HU on average (a v-prediction model clips less of x0 than an eps one, so more voxels sit near a
+    rounding boundary of int16 and flip by 1 HU: measured mean 0.19 HU, max 1)."""
     from medddpm.diffusion.generate import generate
     from medddpm.models.unet import build_unet
     from medddpm.training.checkpoint import load_weights, open_checkpoint
@@ -428,7 +430,7 @@ def test_bf16_on_cpu_is_finite_close_to_fp32_and_recorded(run: Path, first: Path
     assert (manifest["precision"], manifest["device"], manifest["status"]) == ("bf16", "cpu", "complete")
     low, full = voxels(out, 0).astype(np.float64), voxels(first, 0).astype(np.float64)
     assert np.isfinite(low).all()
-    assert np.abs(low - full).max() <= 4 and np.abs(low - full).mean() < 0.05
+    assert np.abs(low - full).max() <= 4 and np.abs(low - full).mean() < 0.5
 
     ckpt = open_checkpoint(run / "checkpoints" / "step-00000002")
     model = build_unet(ckpt.config.model)
@@ -470,3 +472,20 @@ def test_a_wavelet_rflow_checkpoint_samples_with_its_own_samplers_only(tmp_path:
     assert code == 2 and err.count("\n") == 1
     assert "--sampler" in err and "ddim sampler is for ddpm models" in err and "rflow process" in err
     assert not (tmp_path / "ddim").exists()
+
+
+def test_sample_warns_when_the_ema_is_too_young(run: Path, tmp_path: Path):
+    """Two training steps: the EMA weights are still mostly the first step's; sampling says so in one
+    plain line (and still samples), and says nothing of it for the raw weights."""
+    from medddpm.inference.sample_to_folder import sample_to_folder
+
+    lines: list[str] = []
+    result = sample_to_folder(run, tmp_path / "ema", 1, SampleConfig(steps=2), device="cpu", log=lines.append)
+    warned = [line for line in lines if line.startswith("warning: the EMA weights at step 2")]
+    assert len(warned) == 1 and warned[0].removeprefix("warning: ") in result.warnings
+    assert result.files[0].is_file()
+    lines.clear()
+    raw = sample_to_folder(
+        run, tmp_path / "raw", 1, SampleConfig(steps=2), ema=False, device="cpu", log=lines.append
+    )
+    assert not any("EMA" in line for line in lines) and not any("EMA" in w for w in raw.warnings)

@@ -32,7 +32,10 @@ from tests.conftest import blob_volume, write_nifti
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 4
 # Same config for every run here; only the split of each step's 2 volumes over processes varies.
+LR = 1e-4
+"""Pinned: the tolerance of the comparison below is argued from AdamW's step size lr."""
 COMMON = ["--config", "tiny", "--max-steps", str(STEPS), "--checkpoint-every", "2", "--seed", "3"]
+COMMON += ["--set", f"train.lr={LR}"]
 
 
 def torchrun_command(*args: str, nproc: int = 2) -> list[str]:
@@ -113,6 +116,7 @@ def test_two_processes_match_one_process_with_the_whole_batch(ddp_run, scans: Pa
     """
     single = scans.parent / "single"
     overrides = ["train.batch_size=2", f"train.max_steps={STEPS}", "train.checkpoint_every=2", "train.seed=3"]
+    overrides.append(f"train.lr={LR}")
     train(build_config("tiny", overrides), scans, single)
     a, b = weights(ddp_run[0], STEPS), weights(single, STEPS)
     assert a.keys() == b.keys()

@@ -20,6 +20,7 @@ from medddpm.training.learner import (
     Learner,
     TrainingState,
     build_learner,
+    ema_decay_at,
     lr_lambda,
     read_learner_state,
 )
@@ -165,9 +166,12 @@ def weights_of(learner: Learner) -> dict[str, torch.Tensor]:
 
 def test_batch_two_equals_batch_one_with_two_accumulated():
     """The same stream positions, the same (t, eps) per sample: one step of batch 2 and one of batch 1
-    x accumulation 2 give the same loss and the same weights (float rounding apart)."""
+    x accumulation 2 give the same loss and the same weights (float rounding apart). The LR is pinned
+    at 1e-4: AdamW's first steps move a weight by about lr x sign(gradient), so at a higher LR a
+    rounding-level gradient near 0 can flip sign and move a weight by more than the tolerance."""
     dataset = toy_dataset()
-    whole, split = tiny("train.batch_size=2"), tiny("train.batch_size=1", "train.grad_accum=2")
+    whole = tiny("train.batch_size=2", "train.lr=1e-4")
+    split = tiny("train.batch_size=1", "train.grad_accum=2", "train.lr=1e-4")
     a, b = learner_for(whole, seed=0), learner_for(split, seed=0)
     for _ in range(2):
         loss_a, _ = step(a, whole, dataset)
@@ -248,7 +252,7 @@ def test_flash_attention_gives_the_same_loss_and_gradients_as_plain_attention():
 def test_ema_follows_its_formula():
     """torch's AveragedModel with decay d: the first update copies the weights, then each step
     e <- d e + (1 - d) w. Checked against that recursion over 4 steps at d = 0.8."""
-    cfg, dataset = tiny("train.ema_decay=0.8", "train.lr=1e-2"), toy_dataset()
+    cfg, dataset = tiny("train.ema_decay=0.8", "train.lr=1e-2", "train.ema_warmup=false"), toy_dataset()
     learner = learner_for(cfg, seed=0)
     expected = None
     for _ in range(4):
@@ -260,6 +264,40 @@ def test_ema_follows_its_formula():
     assert any(not torch.allclose(ema[k], w[k]) for k in w)  # the EMA lags the weights
     for k in expected:
         torch.testing.assert_close(ema[k], expected[k], rtol=1e-6, atol=1e-7, msg=k)
+
+
+def diffusers_decay(optimization_step: int, decay: float) -> float:
+    """diffusers' EMAModel.get_decay (use_ema_warmup=False, update_after_step=0, min_decay=0), written
+    out from its source: step = max(0, optimization_step - 1); min(decay, (1 + step) / (10 + step))."""
+    step = max(0, optimization_step - 1)
+    return min(decay, (1 + step) / (10 + step))
+
+
+def test_ema_warmup_decay_is_diffusers():
+    """Update k (k >= 2; the first copies) has taken in n = k - 1 updates: its decay is diffusers' at
+    optimization step k. Hand values: 0.1 at n = 0, 0.5 at n = 8, capped at ema_decay from n = 8990."""
+    for n in (0, 1, 8, 80, 889, 8989, 8990, 50_000):
+        assert ema_decay_at(n, 0.999, True) == pytest.approx(diffusers_decay(n + 1, 0.999), abs=1e-15)
+    assert ema_decay_at(0, 0.999, True) == pytest.approx(0.1)
+    assert ema_decay_at(8, 0.999, True) == pytest.approx(0.5)
+    assert ema_decay_at(8989, 0.999, True) < 0.999 == ema_decay_at(8990, 0.999, True)
+    assert ema_decay_at(0, 0.999, False) == 0.999
+
+
+def test_ema_with_warmup_follows_diffusers_recursion():
+    """6 training steps with warm-up: e_1 = w_1, then e_k = d_k e_(k-1) + (1 - d_k) w_k with diffusers'
+    d_k = min(0.999, k / (9 + k)), so the EMA is far closer to the weights than a plain 0.999 average."""
+    cfg, dataset = tiny("train.lr=1e-2", "train.ema_warmup=true"), toy_dataset()
+    learner = learner_for(cfg, seed=0)
+    expected = None
+    for k in range(1, 7):
+        step(learner, cfg, dataset)
+        w = weights_of(learner)
+        d = diffusers_decay(k, 0.999)
+        expected = w if expected is None else {key: d * expected[key] + (1 - d) * w[key] for key in w}
+    ema = learner.ema.module.state_dict()
+    for key in expected:
+        torch.testing.assert_close(ema[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
 def test_a_skipped_non_finite_step_changes_no_weight_ema_or_optimizer_moment():

@@ -138,8 +138,11 @@ def test_gradient_accumulation_and_checkpointing_run(scan_dir: Path, tmp_path: P
         "train.preview_num=2",
         "train.preview_steps=2",
     )
-    train(cfg, scan_dir, tmp_path / "run")
+    lines: list[str] = []
+    train(cfg, scan_dir, tmp_path / "run", log=lines.append)
     assert (tmp_path / "run" / "previews" / "step-00000002.png").stat().st_size > 1000
+    # Two steps in, the preview's EMA weights are still mostly the first step's: the log says so.
+    assert [line for line in lines if line.startswith("warning: preview at step 2: the EMA weights")]
 
 
 @pytest.mark.slow  # torch.compile's inductor builds C++ kernels: ~2 min on 2 CPU cores
@@ -204,3 +207,67 @@ def test_condition_dropout_drops_all_together_or_each_alone():
     # A pure function of (seed, stream position): resuming draws the same; unknown stays unknown.
     assert torch.equal(condition_dropout(known[10:20], 0, 10, 0.2, 0.3), kept[10:20])
     assert not condition_dropout(torch.zeros(5, 3, dtype=torch.bool), 0, 0, 0.0, 0.0).any()
+
+
+OLD_DEFAULTS = [
+    "diffusion.prediction=eps",
+    "diffusion.schedule=linear",
+    "train.lr=1e-4",
+    "train.warmup_steps=500",
+    "train.ema_decay=0.999",
+    "train.ema_warmup=false",
+    "sample.sampler=dpm++",
+    "sample.steps=25",
+]
+"""The recipe of the defaults before train.ema_warmup existed."""
+
+
+def cli(*args: str) -> None:
+    from medddpm.cli import main
+
+    try:
+        main(list(args))
+    except SystemExit as e:
+        assert e.code in (0, None), f"medddpm {' '.join(args)} exited with {e.code}"
+
+
+def as_written_before_ema_warmup(run: Path) -> None:
+    """Remove train.ema_warmup from the run's config.yaml and every checkpoint's meta.json, as the
+    code of the time wrote them."""
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["train"].pop("ema_warmup", None)
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for _, ckpt in list_checkpoints(run):
+        meta = json.loads((ckpt / "meta.json").read_text())
+        meta["config"]["train"].pop("ema_warmup", None)
+        (ckpt / "meta.json").write_text(json.dumps(meta))
+
+
+def test_a_run_of_the_old_defaults_resumes_and_samples_as_it_was_trained(scan_dir: Path, tmp_path: Path):
+    """A run trained before train.ema_warmup existed (its files lack the field) reads as trained without
+    warm-up: `train --resume` with no config continues it bit for bit like an uninterrupted old run, and
+    `sample` runs its own eps / dpm++-25 recipe."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    cfg = tiny(*OLD_DEFAULTS, "train.max_steps=4", "train.checkpoint_every=2")
+    train(cfg, scan_dir, straight)
+    train(
+        tiny(*OLD_DEFAULTS, "train.max_steps=4", "train.checkpoint_every=2"),
+        scan_dir,
+        split,
+        on_step=interrupt_at(2),
+    )
+    as_written_before_ema_warmup(split)
+    assert open_checkpoint(resolve_checkpoint("latest", split)).config.train.ema_warmup is False
+    cli("train", str(scan_dir), "--output", str(split), "--resume")
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = weights(straight, 4, name), weights(split, 4, name)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{name}:{k}")
+    as_written_before_ema_warmup(split)
+    cli("sample", str(split), "--output", str(tmp_path / "out"), "--num", "1")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert (manifest["sampler"], manifest["steps"]) == ("dpm++", 25)
+    assert manifest["config"]["diffusion"]["prediction"] == "eps"
+    assert manifest["config"]["train"]["ema_warmup"] is False
