@@ -114,8 +114,10 @@ class ModelConfig(Section):
     """torch scaled_dot_product_attention (flash / memory-efficient kernels on CUDA)."""
     gradient_checkpointing: bool = False
     """Recompute U-Net block activations in the backward pass: ~30% slower, far less memory."""
-    space: Literal["pixel", "wavelet"] = "pixel"
-    """pixel: the volume itself; wavelet: 3D Haar bands, 8 channels at half size (Friedrich et al. 2024)."""
+    space: Literal["pixel", "wavelet", "latent"] = "pixel"
+    """pixel: the volume; wavelet: Haar bands at half size (Friedrich 2024); latent: train --autoencoder."""
+    latent_channels: int | None = None
+    """Latent space: the autoencoder's latent channels (the U-Net's); None: read from it, others refused."""
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
@@ -373,6 +375,27 @@ class AutoencoderConfig(Section):
         return self
 
 
+class LatentConfig(Section):
+    """``model.space: latent``: the autoencoder a diffusion run works in. ``train --autoencoder AE_DIR``
+    fills it; the scale factor and the weights' hash are computed by ``train`` and saved with the run."""
+
+    autoencoder: str | None = None
+    """The autoencoder folder (train-autoencoder's AE_DIR) whose EMA weights were copied into the run."""
+    autoencoder_sha256: str | None = None
+    """sha256 of those weights (RUN_DIR/autoencoder.safetensors): any other file is refused."""
+    scale_factor: float | None = None
+    """1 / std(mu) over scale_volumes scans: latents of unit variance (Rombach et al. 2022); set by train."""
+    scale_volumes: int = 50
+    """Volumes the scale factor is computed over (all when fewer): one volume's std is a noisy estimate."""
+
+    @field_validator("scale_volumes")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("scale_volumes must be at least 1")
+        return value
+
+
 class Config(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -382,6 +405,7 @@ class Config(Section):
     conditions: ConditionsConfig = ConditionsConfig()
     eval: EvalConfig = EvalConfig()
     autoencoder: AutoencoderConfig = AutoencoderConfig()
+    latent: LatentConfig = LatentConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -536,6 +560,7 @@ def _flags_nested(flags: Mapping[str, Any]) -> dict[str, Any]:
 
 LEGACY_VALUES: dict[str, Any] = {
     "model.space": "pixel",
+    "model.latent_channels": None,
     "diffusion.process": "ddpm",
     "diffusion.min_snr_gamma": None,
     "diffusion.rflow_shift": 1.0,

@@ -284,11 +284,16 @@ RUN_FOLDER = Outputs(
     noun="run folder",
     remedy="pass --resume to continue this run, --overwrite to start again (deleting only the run's "
     "own files), or choose another --output",
-    files=(r"config\.yaml", r"dataset\.json", r"metrics\.csv"),
+    files=(r"config\.yaml", r"dataset\.json", r"metrics\.csv", r"autoencoder\.safetensors"),
     folders=("checkpoints", "previews", "cache", "tensorboard"),
-    temporaries=(_atomic_temporary("config", r"\.yaml"), _atomic_temporary("dataset", r"\.json")),
+    temporaries=(
+        _atomic_temporary("config", r"\.yaml"),
+        _atomic_temporary("dataset", r"\.json"),
+        _atomic_temporary("autoencoder", r"\.safetensors"),
+    ),
 )
-"""``medddpm train``: RUN_DIR (checkpoints/ removes its own temporaries as it writes)."""
+"""``medddpm train``: RUN_DIR (checkpoints/ removes its own temporaries as it writes). A latent run
+also holds the autoencoder's weights (autoencoder.safetensors) and its latent cache (cache/)."""
 
 AUTOENCODER_FOLDER = Outputs(
     noun="autoencoder folder",

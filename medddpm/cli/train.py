@@ -60,6 +60,13 @@ def train(
             "(text: categorical, numbers: continuous; conditions.types overrides).",
         ),
     ] = None,
+    autoencoder: Annotated[
+        Path | None,
+        typer.Option(
+            "--autoencoder",
+            help="Train in the latent space of this train-autoencoder folder (sets model.space latent).",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Show config, data, model size and memory estimate; train nothing."),
@@ -88,6 +95,8 @@ def train(
         "train.device": device,
         "train.checkpoint_every": checkpoint_every,
         "train.seed": seed,
+        "model.space": None if autoencoder is None else "latent",
+        "latent.autoencoder": None if autoencoder is None else str(autoencoder),
     }
     cfg = build_config(config, set_ or [], flags, saved=saved)
     if dry_run:

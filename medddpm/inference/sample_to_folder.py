@@ -225,7 +225,7 @@ def _plan(
         )
 
     conditions = resolve_conditions(ckpt, request, num, seed)
-    space = config_space(cfg)
+    space = config_space(cfg, ckpt.path.parent.parent)  # latent: the run's autoencoder
     weights_file = ckpt.path / ("ema.safetensors" if ema else "model.safetensors")
     model = build_unet(cfg.model, condition_sizes=[] if conditions is None else conditions.spec.sizes)
     load_weights(model, ckpt.weights(ema=ema), weights_file)
@@ -267,6 +267,8 @@ def _plan(
     }
     if conditions is not None:  # unconditional recipes keep the keys they always had
         plan.recipe.update(conditions=conditions.source, guidance=conditions.guidance)
+    if cfg.model.space == "latent":  # decoded with these weights and this scale factor
+        plan.recipe.update(autoencoder_sha256=cfg.latent.autoencoder_sha256, scale_factor=space.scale_factor)
     return plan
 
 

@@ -16,13 +16,16 @@ what it has learnt on.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 
 from medddpm.config import AutoencoderConfig
+from medddpm.errors import InputError
 
 
 def downsampling(ac: AutoencoderConfig) -> int:
@@ -109,3 +112,49 @@ def decode_tiled(
     decoder function (its output size sets f)."""
     decoder = autoencoder.decode if isinstance(autoencoder, AutoencoderKL) else autoencoder
     return _windows(decoder, z, window, overlap, sw_batch_size)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_autoencoder_file(path: Path, ac: AutoencoderConfig, sha256: str | None = None) -> AutoencoderKL:
+    """The AutoencoderKL of ``ac`` with the weights of the safetensors file ``path``, in eval mode.
+
+    ``sha256``: the hash the file must have (the one recorded when a diffusion run was trained on
+    it); an InputError, one line, when it differs, when the file is missing or unreadable, or when
+    its tensors do not fit ``ac`` (another channel count)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise InputError("missing: the autoencoder weights this latent run was trained with", path)
+    if sha256 is not None:
+        found = file_sha256(path)
+        if found != sha256:
+            raise InputError(
+                f"autoencoder weights differ from the ones the run was trained with (sha256 {found[:12]}, "
+                f"expected {sha256[:12]}); use the autoencoder it was trained with, or train a new run",
+                path,
+            )
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise InputError(f"corrupt or unreadable weights ({str(e).splitlines()[0]})", path) from None
+    autoencoder = build_autoencoder(ac)
+    expected = autoencoder.state_dict()
+    wrong = [k for k in expected if k not in state or state[k].shape != expected[k].shape]
+    if wrong or len(state) != len(expected):
+        k = wrong[0] if wrong else next(k for k in state if k not in expected)
+        raise InputError(
+            f"autoencoder weights do not fit its config (channels {list(ac.channels)}, "
+            f"{ac.latent_channels} latent channels): e.g. {k}",
+            path,
+        )
+    autoencoder.load_state_dict(state)
+    return autoencoder.eval()

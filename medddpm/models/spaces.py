@@ -14,12 +14,21 @@ pixel clips to [-1, 1]; wavelet decodes x-hat_0, clips the volume to [-1, 1] and
 (WDM's ``process_xstart``): the nearest coefficients of a volume in range, which a per-channel box
 cannot express. A new space is one ``SpaceEntry`` in ``SPACES`` plus its name in
 ``medddpm.config.ModelConfig.space``.
+
+    latent   an AutoencoderKL's posterior mean times the run's scale factor s = 1 / std(mu)
+             (Rombach et al. 2022): [B, latent_channels, *image_size / f]. Encoded and decoded tile
+             by tile (medddpm.models.autoencoder.encode_tiled / decode_tiled, windows of
+             ``autoencoder.patch_size``); decoding divides by the same s that training multiplied by
+             (MONAI's 3D LDM tutorial trains with 1 / std(z) and samples with 1.0). No x-hat_0
+             clipping: latents have no fixed range. Its channels and factor come from the run's
+             config, its networks from the run folder (``bind``: ``config_space(cfg, run_dir)``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -51,6 +60,53 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _needs_autoencoder(x: torch.Tensor) -> torch.Tensor:
+    raise InputError("the latent space needs its run's autoencoder: config_space(cfg, run_dir)")
+
+
+AUTOENCODER_FILE = "autoencoder.safetensors"
+"""In a latent run's folder: the autoencoder's EMA weights it was trained with (sha256 in the config)."""
+
+
+def latent_space(autoencoder: torch.nn.Module, scale_factor: float, ac, latent_channels: int) -> SpaceEntry:
+    """The latent space of ``autoencoder`` (an AutoencoderKL built from AutoencoderConfig ``ac``):
+    encode x -> s * mu(x), decode z -> D(z / s), both tile by tile with gaussian blending."""
+    from medddpm.models.autoencoder import decode_tiled, downsampling, encode_tiled
+
+    f = downsampling(ac)
+    window = tuple(ac.patch_size)
+    latent_window = tuple(w // f for w in window)
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return scale_factor * encode_tiled(autoencoder.to(x.device), x, window, overlap=ac.overlap)
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        return decode_tiled(autoencoder.to(z.device), z / scale_factor, latent_window, overlap=ac.overlap)
+
+    return replace(
+        SPACES["latent"], channels=latent_channels, factor=f, encode=encode, decode=decode,
+        bind=None, scale_factor=scale_factor,
+    )  # fmt: skip
+
+
+def bind_latent(cfg, run_dir: Path | None = None) -> SpaceEntry:
+    """The latent space of a run's config: its shape alone (``run_dir`` None: encode / decode refuse),
+    or with the run folder's autoencoder (its sha256 checked against the config's) and scale factor."""
+    from medddpm.models.autoencoder import downsampling, load_autoencoder_file
+
+    channels = cfg.model.latent_channels or cfg.autoencoder.latent_channels
+    if run_dir is None:
+        return replace(SPACES["latent"], channels=channels, factor=downsampling(cfg.autoencoder), bind=None)
+    lc = cfg.latent
+    if lc.scale_factor is None or lc.autoencoder_sha256 is None:
+        raise InputError(
+            "a latent run's config lacks latent.scale_factor or latent.autoencoder_sha256", run_dir
+        )
+    path = Path(run_dir) / AUTOENCODER_FILE
+    autoencoder = load_autoencoder_file(path, cfg.autoencoder, lc.autoencoder_sha256)
+    return latent_space(autoencoder, lc.scale_factor, cfg.autoencoder, channels)
+
+
 @dataclass(frozen=True)
 class SpaceEntry:
     """A space: how a batch enters it, how a sample leaves it, and its shape."""
@@ -67,6 +123,11 @@ class SpaceEntry:
     clip: ClipRange
     """What samplers do to x-hat_0 (see medddpm.diffusion.samplers)."""
     description: str
+    bind: Callable[..., SpaceEntry] | None = None
+    """``bind(cfg, run_dir)``: the entry made for one run's config (and, with ``run_dir``, its
+    networks); None: the entry is the same for every run."""
+    scale_factor: float = 1.0
+    """What ``encode`` multiplies the space's raw coordinates by and ``decode`` divides them by."""
 
     def latent_size(self, image_size: Sequence[int]) -> tuple[int, ...]:
         """The spatial size the U-Net works at, for volumes of ``image_size``."""
@@ -96,6 +157,16 @@ SPACES: dict[str, SpaceEntry] = {
         wavelet_clip,
         "3D Haar wavelets, 8 channels at half size",
     ),
+    "latent": SpaceEntry(
+        "latent",
+        0,  # the autoencoder's latent channels and downsampling: bind() reads them from the config
+        1,
+        _needs_autoencoder,
+        _needs_autoencoder,
+        None,
+        "an autoencoder's latent (train --autoencoder AE_DIR), scaled to unit variance",
+        bind=bind_latent,
+    ),
 }
 """Space names as written in the config (``model.space``)."""
 
@@ -108,6 +179,17 @@ def space_for(model_space: str, image_size: Sequence[int], levels: int) -> Space
     return space
 
 
-def config_space(cfg) -> SpaceEntry:
-    """The space of a medddpm Config (``model.space``), checked against ``data.image_size``."""
-    return space_for(cfg.model.space, cfg.data.image_size, len(cfg.model.channels))
+def config_space(cfg, run_dir: str | Path | None = None) -> SpaceEntry:
+    """The space of a medddpm Config (``model.space``), checked against ``data.image_size``.
+    ``run_dir``: the run folder, for a space whose networks live there (latent); without it such a
+    space gives its shape only."""
+    space = SPACES[cfg.model.space]
+    if space.bind is not None:
+        space = space.bind(cfg, None if run_dir is None else Path(run_dir))
+    space.check_size(cfg.data.image_size, len(cfg.model.channels))
+    return space
+
+
+def model_channels(mc) -> int:
+    """Channels the U-Net of ModelConfig ``mc`` sees: its space's (latent: ``mc.latent_channels``)."""
+    return mc.latent_channels if mc.space == "latent" else SPACES[mc.space].channels

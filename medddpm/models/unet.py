@@ -10,21 +10,21 @@ from monai.networks.nets import DiffusionModelUNet
 from torch.utils.checkpoint import checkpoint
 
 from medddpm.config import ModelConfig
-from medddpm.models.spaces import SPACES
+from medddpm.models.spaces import model_channels
 
 
 def build_unet(
     cfg: ModelConfig, spatial_dims: int = 3, condition_sizes: Sequence[int] = ()
 ) -> DiffusionModelUNet:
     """A U-Net mapping (x_t [B, C, *spatial], t [B]) to the process's target of the same shape;
-    C is the channels of ``cfg.space`` (pixel 1, wavelet 8).
+    C is the channels of ``cfg.space`` (pixel 1, wavelet 8, latent ``cfg.latent_channels``).
 
     ``condition_sizes``: per condition variable, its number of categories or 0 for a continuous one
     (``medddpm.data.conditions.ConditionSpec.sizes``); with any, the network is a ConditionalUNet
     that also takes ``cond_values`` and ``cond_known`` (``medddpm.models.conditioning``). Without,
     it is MONAI's DiffusionModelUNet itself.
     """
-    channels = SPACES[cfg.space].channels
+    channels = model_channels(cfg)
     kwargs = dict(
         spatial_dims=spatial_dims,
         in_channels=channels,

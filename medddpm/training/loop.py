@@ -30,7 +30,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -58,6 +58,7 @@ from medddpm.runtime import (
     seed_everything,
 )
 from medddpm.training.checkpoint import Checkpoint, list_checkpoints, open_checkpoint, save_checkpoint
+from medddpm.training.latent import prepare_latents, resolve_latent
 from medddpm.training.learner import Learner, build_learner, read_learner_state
 from medddpm.training.monitor import RunRecords, StepLog, write_preview
 from medddpm.training.stopping import StopRequest, out_of_time
@@ -78,6 +79,10 @@ class TrainResult:
 
 def _no_log(message: str) -> None:
     pass
+
+
+def _cached(z: torch.Tensor) -> torch.Tensor:
+    return z
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,6 +111,7 @@ def train(
     compute = start_compute(cfg.train)
     if not compute.dist.is_main:
         log = _no_log  # under torchrun, process 0 speaks for all
+    cfg = resolve_latent(cfg, run_dir, resume)  # latent space: the autoencoder checked and recorded
     found, resume_state = check_inputs(
         cfg,
         data_dir,
@@ -120,6 +126,9 @@ def train(
     dataset = prepare_run_folder(
         cfg, found, data_dir, run_dir, compute.dist, resume=resume, overwrite=overwrite
     )
+    if cfg.model.space == "latent":
+        cfg, dataset = prepare_latents(cfg, dataset, run_dir, compute.device, compute.dist.is_main, log)
+        compute.dist.barrier()
     learner = start_learner(cfg, compute, resume_state, log, found.condition_sizes)
     del resume_state  # the checkpoint's weights and optimizer moments: in the learner now
     log(describe_run(len(dataset), learner, compute, cfg.train))
@@ -322,7 +331,9 @@ def run_loop(
     """
     tc, dist, device = cfg.train, compute.dist, compute.device
     schedule = build_process(cfg.diffusion)
-    space = config_space(cfg)
+    space = config_space(cfg, run_dir)
+    # The latent space's batches come from the latent cache, encoded already (s * mu).
+    batch_space = replace(space, encode=_cached) if cfg.model.space == "latent" else space
     checkpoints = CheckpointWriter(run_dir, cfg, found.spacing, dist, found.start, found.conditions)
 
     def take_step() -> tuple[float, float]:
@@ -337,7 +348,7 @@ def run_loop(
             compute.precision,
             found.conditions,
             cfg.conditions,
-            space,
+            batch_space,
         )
 
     def preview(step: int) -> None:

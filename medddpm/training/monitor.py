@@ -130,7 +130,7 @@ def write_preview(
         cfg.train.preview_steps,
         device=device,
         precision=precision,
-        space=config_space(cfg),
+        space=config_space(cfg, run_dir),
     )
     path = run_dir / "previews" / f"step-{step:08d}.png"
     save_montage(
