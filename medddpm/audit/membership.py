@@ -58,7 +58,7 @@ def load_denoiser(run_dir: Path, device: torch.device) -> Denoiser:
     model = build_unet(ckpt.config.model)
     load_weights(model, ckpt.weights(ema=True), ckpt.file("ema"))
     model.to(device).eval()
-    space = config_space(ckpt.config)
+    space = config_space(ckpt.config, run_dir)  # a latent run keeps its autoencoder there
     return Denoiser(model, build_process(ckpt.config.diffusion), ckpt.path, ckpt.step, space)
 
 
