@@ -102,8 +102,8 @@ def train(
 
     One call per numbered step of the module docstring. ``conditions``: a CSV table of per-scan
     variables to condition on (``medddpm.data.conditions``). ``labels``: a folder of label maps
-    paired with the scans by name (``medddpm.data.labels``), fed to the network beside x. ``log`` receives one line per event
-    (process 0 only); ``on_step`` a StepLog after every step (process 0 only).
+    paired with the scans by name (``medddpm.data.labels``), fed to the network beside x. ``log``
+    receives one line per event (process 0 only); ``on_step`` a StepLog after every step (process 0 only).
     """
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     compute = start_compute(cfg.train)
@@ -620,8 +620,8 @@ def train_step(
     """One optimizer step from stream position ``samples_seen``: ``grad_accum`` micro-batches
     (batch assembly from the cache, encoding into ``space``, conditions with dropout, loss,
     backward), unscale, clip, AdamW, EMA, LR schedule. ``labelled``: the dataset's items carry a
-    "label" map, passed to the network (absent for the rows whose conditions are all dropped). ``schedule``: the process
-    (medddpm.diffusion.process).
+    "label" map, passed to the network (absent for the rows whose conditions are all dropped).
+    ``schedule``: the process (medddpm.diffusion.process).
 
     Returns this process's (loss, grad_norm). When either is not finite the update is skipped
     (weights, EMA and AdamW moments untouched); the caller counts such steps.
