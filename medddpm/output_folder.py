@@ -329,6 +329,15 @@ SAMPLE_FOLDER = Outputs(
 )
 """``medddpm sample``: OUT_DIR. A folder holding the manifest of the same recipe is resumed."""
 
+NNUNET_FOLDER = Outputs(
+    noun="dataset folder",
+    remedy="pass --overwrite to replace the earlier export, or choose another --output",
+    files=(r"dataset\.json",),
+    folders=("imagesTr", "labelsTr"),
+    whole=True,  # built in temporary_folder, then publish_folder
+)
+"""``medddpm export-nnunet``: an nnU-Net v2 raw dataset folder."""
+
 REPORT_FOLDER = Outputs(
     noun="report folder",
     remedy="pass --overwrite to replace the earlier report, or choose another --output",

@@ -98,7 +98,7 @@ def label_channels(
     [B, label_channel_count(len(values)), *size] in [0, 1]: one-hot or index bits, then "present";
     rows not known are all zero. Average-pooled to ``size`` when it differs from S."""
     table = torch.as_tensor(list(values), device=labels.device, dtype=torch.float32)
-    index = torch.bucketize(labels.float(), table)[:, 0].clamp_(max=len(values) - 1)  # [B, *S]
+    index = torch.bucketize(labels.float().contiguous(), table)[:, 0].clamp_(max=len(values) - 1)  # [B, *S]
     if len(values) <= ONE_HOT_MAX:
         planes = F.one_hot(index, len(values)).movedim(-1, 1).float()
     else:
