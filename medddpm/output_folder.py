@@ -315,15 +315,33 @@ RUN_FOLDERS = {"diffusion": RUN_FOLDER, "autoencoder": AUTOENCODER_FOLDER}
 SAMPLE_FOLDER = Outputs(
     noun="output folder",
     remedy="pass --overwrite to replace its samples (nothing else is deleted), or choose another --output",
-    files=(rf"sample_\d+{_SAMPLE_SUFFIX}", r"sample_\d+\.json", r"manifest\.json", r"preview\.png"),
+    files=(
+        rf"sample_\d+{_SAMPLE_SUFFIX}",
+        r"sample_\d+\.json",
+        r"manifest\.json",
+        r"preview\.png",
+        rf".+_(img|seg){_SAMPLE_SUFFIX}",
+        r".+_img\.json",  # sample --masks: NAME_img / NAME_seg pairs
+    ),  # fmt: skip
     temporaries=(
         _atomic_temporary(r"sample_\d+", _SAMPLE_SUFFIX),
         _atomic_temporary(r"sample_\d+", r"\.json"),
+        _atomic_temporary(r".+_(img|seg)", _SAMPLE_SUFFIX),
+        _atomic_temporary(r".+_img", r"\.json"),
         _atomic_temporary("manifest", r"\.json"),
         _atomic_temporary("preview", r"\.png"),
     ),
 )
 """``medddpm sample``: OUT_DIR. A folder holding the manifest of the same recipe is resumed."""
+
+NNUNET_FOLDER = Outputs(
+    noun="dataset folder",
+    remedy="pass --overwrite to replace the earlier export, or choose another --output",
+    files=(r"dataset\.json",),
+    folders=("imagesTr", "labelsTr"),
+    whole=True,  # built in temporary_folder, then publish_folder
+)
+"""``medddpm export-nnunet``: an nnU-Net v2 raw dataset folder."""
 
 REPORT_FOLDER = Outputs(
     noun="report folder",

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from medddpm.cli import audit, demo, evaluate, info, sample, study, train, train_autoencoder
+from medddpm.cli import audit, demo, evaluate, export_nnunet, info, sample, study, train, train_autoencoder
 from medddpm.cli.options import console, is_main_process
 
 app = typer.Typer(
@@ -55,6 +55,7 @@ COMMAND_CLASSES = {sample.sample: sample.SampleCommand}
 for command in (train.train, sample.sample, evaluate.evaluate, audit.audit, demo.demo, info.info):
     app.command(cls=COMMAND_CLASSES.get(command))(command)
 app.command("train-autoencoder")(train_autoencoder.train_autoencoder)
+app.command("export-nnunet")(export_nnunet.export_nnunet)
 app.add_typer(study.app, name="study")
 
 

@@ -95,6 +95,21 @@ def sample(
     extrapolate: Annotated[
         bool, typer.Option("--extrapolate", help="Allow numbers outside the training range of a variable.")
     ] = False,
+    masks: Annotated[
+        Path | None,
+        typer.Option(
+            "--masks",
+            help="Folder of label maps (a --labels run): sample i is drawn for mask i mod M and written as "
+            "NAME_img.nii.gz with NAME_seg.nii.gz, the mask on the same grid.",
+        ),
+    ] = None,
+    mask_augment: Annotated[
+        float,
+        typer.Option(
+            "--mask-augment",
+            help="Scale masks by up to 1 +- A and shift them by up to A x the side (seeded).",
+        ),
+    ] = 0.0,
     threads: ThreadsOpt = None,
 ) -> None:
     """Sample synthetic volumes from a trained checkpoint into NIfTI (or NRRD / MHA) files.
@@ -130,6 +145,8 @@ def sample(
                     guidance,
                     guidance_rescale,
                     extrapolate,
+                    masks,
+                    mask_augment,
                 ),
                 log=print_message,
                 on_volumes=on_volumes,

@@ -67,6 +67,14 @@ def train(
             help="Train in the latent space of this train-autoencoder folder (sets model.space latent).",
         ),
     ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--labels",
+            help="Folder of label maps paired with the scans by name (same shape and affine), fed to the "
+            "network beside each scan; `sample --masks` then draws scans for given masks.",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Show config, data, model size and memory estimate; train nothing."),
@@ -117,6 +125,7 @@ def train(
                 overwrite=overwrite,
                 skip_invalid=skip_invalid,
                 conditions=conditions,
+                labels=labels,
                 log=print_message,
                 on_step=on_step,
             )

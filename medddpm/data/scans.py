@@ -9,6 +9,7 @@ from pathlib import Path
 
 from medddpm.config import DataConfig
 from medddpm.data.conditions import TrainingConditions
+from medddpm.data.labels import TrainingLabels
 from medddpm.data.nifti import ScanInfo, is_nifti, read_scan
 from medddpm.data.transforms import IntensityMapping, OutputGeometry
 from medddpm.errors import InputError
@@ -76,18 +77,23 @@ def write_dataset_json(
     data_dir: Path,
     geometry: OutputGeometry,
     conditions: TrainingConditions | None = None,
+    labels: TrainingLabels | None = None,
 ) -> None:
     """RUN_DIR/dataset.json: inputs used and skipped, and what sampling needs to write true geometry.
 
     Each file records ``learnt_spacing``: the voxel size (mm, RAS) the model saw it at
     (``medddpm.data.transforms.OutputGeometry``), and with ``conditions`` its variables (raw values,
     null for unknown); ``conditions`` then also records the table and the variables' encoding.
+    With ``labels`` each file records its label map, and ``labels`` the folder and label set.
     """
     learnt = zip(result.valid, geometry.per_scan, strict=True)
     files = [{**scan.to_dict(), "learnt_spacing": list(size)} for scan, size in learnt]
     if conditions is not None:
         for record, row in zip(files, conditions.rows, strict=True):
             record["conditions"] = row
+    if labels is not None:
+        for record, label in zip(files, labels.files, strict=True):
+            record["label"] = str(label)
     record = {
         "data_dir": str(data_dir),
         "n_used": len(result.valid),
@@ -108,5 +114,7 @@ def write_dataset_json(
     }
     if conditions is not None:
         record["conditions"] = conditions.record()
+    if labels is not None:
+        record["labels"] = labels.record()
     with atomic_path(path) as tmp:  # a crash never leaves a half-written dataset.json
         tmp.write_text(json.dumps(record, indent=2))

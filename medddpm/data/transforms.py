@@ -105,21 +105,27 @@ def _learnt_voxel_size(cfg: DataConfig, scan: ScanInfo) -> tuple[float, float, f
     return tuple(float(f / n) for f, n in zip(fov, cfg.image_size, strict=True))
 
 
-def _steps_before_sizing(cfg: DataConfig) -> list:
-    keys = ["image"]
+def _steps_before_sizing(cfg: DataConfig, label: bool = False, image: bool = True) -> list:
+    """Load, RAS, spacing, intensity and foreground crop. ``label``: also key "label" (a label map
+    on the image's grid), resampled with nearest neighbour; ``image`` False: the label alone (a mask
+    to sample with; no foreground crop, which needs the image)."""
+    keys = (["image"] if image else []) + (["label"] if label else [])
+    modes = [{"image": "bilinear", "label": "nearest"}[k] for k in keys]
     steps: list = [
         LoadImaged(keys, reader="NibabelReader", image_only=True),
         EnsureChannelFirstd(keys),
         Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
     ]
     if cfg.spacing is not None:
-        steps.append(Spacingd(keys, pixdim=cfg.spacing, mode="bilinear", padding_mode="border"))
+        steps.append(Spacingd(keys, pixdim=cfg.spacing, mode=modes, padding_mode="border"))
+    if not image:
+        return steps
     if cfg.modality == "ct":
-        steps.append(ScaleIntensityRanged(keys, cfg.a_min, cfg.a_max, -1.0, 1.0, clip=True))
+        steps.append(ScaleIntensityRanged(["image"], cfg.a_min, cfg.a_max, -1.0, 1.0, clip=True))
     else:
         steps.append(
             ScaleIntensityRangePercentilesd(
-                keys, cfg.lower_percentile, cfg.upper_percentile, -1.0, 1.0, clip=True
+                ["image"], cfg.lower_percentile, cfg.upper_percentile, -1.0, 1.0, clip=True
             )
         )
     if cfg.foreground_crop:
@@ -127,24 +133,39 @@ def _steps_before_sizing(cfg: DataConfig) -> list:
     return steps
 
 
-def build_transforms(cfg: DataConfig) -> Compose:
-    """MONAI dictionary transforms on key "image": NIfTI path -> float32 tensor [1, D, H, W] in [-1, 1]."""
-    keys = ["image"]
-    steps = _steps_before_sizing(cfg)
+def build_transforms(cfg: DataConfig, label: bool = False, image: bool = True) -> Compose:
+    """MONAI dictionary transforms on key "image": NIfTI path -> float32 tensor [1, D, H, W] in [-1, 1].
+
+    ``label``: also key "label", a label map on the image's grid, through the same steps (nearest
+    neighbour, padded with 0) so that it stays aligned: float32 [1, D, H, W] holding its integer
+    values. ``image`` False: the label alone (``medddpm sample --masks``)."""
+    keys = (["image"] if image else []) + (["label"] if label else [])
+    modes = [{"image": "trilinear", "label": "nearest"}[k] for k in keys]
+    steps = _steps_before_sizing(cfg, label, image)
     if cfg.resize == "resize":
-        steps.append(Resized(keys, spatial_size=cfg.image_size, mode="trilinear"))
+        steps.append(Resized(keys, spatial_size=cfg.image_size, mode=modes))
     else:
-        steps.append(ResizeWithPadOrCropd(keys, spatial_size=cfg.image_size, value=BACKGROUND))
+        if image:
+            steps.append(ResizeWithPadOrCropd(["image"], spatial_size=cfg.image_size, value=BACKGROUND))
+        if label:
+            steps.append(ResizeWithPadOrCropd(["label"], spatial_size=cfg.image_size, value=0))
     steps.append(EnsureTyped(keys, dtype=torch.float32, track_meta=False))
     return Compose(steps)
 
 
 def build_dataset(
-    cfg: DataConfig, files: Sequence[Path | str], cache_dir: Path | None = None, num_workers: int = 0
+    cfg: DataConfig,
+    files: Sequence[Path | str],
+    cache_dir: Path | None = None,
+    num_workers: int = 0,
+    labels: Sequence[Path | str] | None = None,
 ) -> Dataset:
-    """Preprocess once and cache: in memory (CacheDataset) or on disk (PersistentDataset in ``cache_dir``)."""
+    """Preprocess once and cache: in memory (CacheDataset) or on disk (PersistentDataset in ``cache_dir``).
+    ``labels``: each file's label map, preprocessed with it under key "label"."""
     items = [{"image": str(f)} for f in files]
-    transforms = build_transforms(cfg)
+    if labels is not None:
+        items = [{**item, "label": str(lab)} for item, lab in zip(items, labels, strict=True)]
+    transforms = build_transforms(cfg, label=labels is not None)
     if cfg.cache == "disk":
         if cache_dir is None:
             raise ValueError("data.cache=disk needs a cache folder")

@@ -64,6 +64,7 @@ PREVIEW_MAX = 8
 """Samples shown in preview.png (one row each)."""
 RECIPE_KEYS = (
     "sha256", "weights", "sampler", "steps", "eta", "seed", "precision", "format", "conditions", "guidance",
+    "masks",
 )  # fmt: skip
 """What must match for a folder to be resumed: anything that changes the voxels or the files."""
 
@@ -87,9 +88,16 @@ def shard(indices: list[int], rank: int, world_size: int) -> list[int]:
     return [i for i in indices if i % world_size == rank]
 
 
-def missing_samples(out_dir: Path, num: int, fmt: str) -> list[int]:
-    """Indices 0 .. num-1 with no file in ``out_dir`` yet (every process's share)."""
-    return [i for i in range(num) if not (Path(out_dir) / sample_name(i, fmt)).exists()]
+def mask_sample_name(name: str, fmt: str, part: str = "img") -> str:
+    """File names of the sample drawn for mask NAME: NAME_img.nii.gz and NAME_seg.nii.gz."""
+    return f"{name}_{part}.{fmt}"
+
+
+def missing_samples(out_dir: Path, num: int, fmt: str, names: list[str] | None = None) -> list[int]:
+    """Indices 0 .. num-1 with no file in ``out_dir`` yet (every process's share). ``names``: the
+    samples' NAMEs when drawn for masks (NAME_seg is written first, so NAME_img marks a sample done)."""
+    file = (lambda i: sample_name(i, fmt)) if names is None else (lambda i: mask_sample_name(names[i], fmt))
+    return [i for i in range(num) if not (Path(out_dir) / file(i)).exists()]
 
 
 @dataclass
@@ -138,6 +146,20 @@ class _Plan:
     conditions: SampleConditions | None = None
     """What each sample is conditioned on; None for an unconditional checkpoint."""
     warnings: list[str] = field(default_factory=list)
+    masks: Any = None
+    """medddpm.inference.masks.SampleMasks: each sample's mask (--masks); None: no masks."""
+    guidance: tuple[float, float] = (1.0, 0.0)
+    """W and rescale for the masks (the conditions carry their own)."""
+
+    @property
+    def names(self) -> list[str] | None:
+        return None if self.masks is None else self.masks.names
+
+    def file_name(self, index: int) -> str:
+        """Sample ``index``'s (image) file: sample_0000.nii.gz, or NAME_img.nii.gz for a mask."""
+        if self.masks is None:
+            return sample_name(index, self.fmt)
+        return mask_sample_name(self.masks.names[index], self.fmt)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,10 +246,28 @@ def _plan(
             "meta.json has no valid 'output_spacing' (three voxel sizes in mm)", ckpt.path / "meta.json"
         )
 
-    conditions = resolve_conditions(ckpt, request, num, seed)
+    label_values = tuple((ckpt.meta.get("labels") or {}).get("values") or ())
+    conditions = resolve_conditions(ckpt, request, num, seed, labelled=bool(label_values))
+    masks = None
+    if request.masks is not None:
+        from medddpm.inference.masks import read_masks
+
+        if not label_values:
+            raise InputError(
+                "this checkpoint was trained without label maps (no --labels); drop --masks", ckpt.path
+            )
+        if fmt not in ("nii.gz", "nii"):
+            raise InputError(f"--masks writes NIfTI pairs; --format {fmt} is not NIfTI")
+        masks = read_masks(request.masks, num, cfg.data, label_values, seed, request.mask_augment)
+    elif request.mask_augment:
+        raise InputError("--mask-augment needs --masks")
     space = config_space(cfg, ckpt.path.parent.parent)  # latent: the run's autoencoder
     weights_file = ckpt.path / ("ema.safetensors" if ema else "model.safetensors")
-    model = build_unet(cfg.model, condition_sizes=[] if conditions is None else conditions.spec.sizes)
+    model = build_unet(
+        cfg.model,
+        condition_sizes=[] if conditions is None else conditions.spec.sizes,
+        label_values=label_values,
+    )
     load_weights(model, ckpt.weights(ema=ema), weights_file)
     torch_device = resolve_device(device)
     resolved_precision = resolve_precision(precision, torch_device)
@@ -250,6 +290,8 @@ def _plan(
         mapping=mapping,
         dtype=np.int16 if mapping.modality == "ct" else np.float32,
         conditions=conditions,
+        masks=masks,
+        guidance=(request.guidance, request.guidance_rescale),
     )
     plan.warnings = sampling_warnings(
         step=ckpt.step, prediction=plan.schedule.prediction, sampler=settings.sampler, steps=settings.steps,
@@ -269,6 +311,8 @@ def _plan(
         plan.recipe.update(conditions=conditions.source, guidance=conditions.guidance)
     if cfg.model.space == "latent":  # decoded with these weights and this scale factor
         plan.recipe.update(autoencoder_sha256=cfg.latent.autoencoder_sha256, scale_factor=space.scale_factor)
+    if masks is not None:
+        plan.recipe.update(masks=masks.recipe(), guidance=request.guidance)
     return plan
 
 
@@ -290,6 +334,9 @@ class ConditionRequest:
     guidance: float = 1.0
     guidance_rescale: float = 0.0
     extrapolate: bool = False
+    masks: Path | None = None
+    """A folder of masks, one sample each (``medddpm.inference.masks``); needs a --labels checkpoint."""
+    mask_augment: float = 0.0
 
     @property
     def given(self) -> bool:
@@ -330,10 +377,10 @@ class SampleConditions:
 
 
 def resolve_conditions(
-    ckpt: Checkpoint, request: ConditionRequest, num: int, seed: int
+    ckpt: Checkpoint, request: ConditionRequest, num: int, seed: int, labelled: bool = False
 ) -> SampleConditions | None:
     """Every sample's conditions, checked against the checkpoint's variables; None when the checkpoint
-    is unconditional (and then conditions or guidance are an InputError)."""
+    has none (and then conditions, or guidance without label maps, are an InputError)."""
     from medddpm.data.conditions import ConditionSpec, parse_assignments, read_table
 
     saved = ckpt.meta.get("conditioning")
@@ -342,7 +389,7 @@ def resolve_conditions(
     if not 0 <= request.guidance_rescale <= 1:
         raise InputError(f"--guidance-rescale must be between 0 and 1; got {request.guidance_rescale:g}")
     if not saved:
-        if request.given or request.guidance != 1.0:
+        if request.given or (request.guidance != 1.0 and not labelled):
             raise InputError(
                 "this checkpoint was trained without conditions (no --conditions table); "
                 "drop --condition, --conditions-csv, --match-training and --guidance",
@@ -525,6 +572,11 @@ def _draw(
     settings = plan.settings
     cond = plan.conditions
     guidance = {} if cond is None else cond.generate_kwargs(todo)
+    if plan.masks is not None:
+        guidance.setdefault("model_kwargs", {})
+        guidance["model_kwargs"]["labels"] = plan.masks.maps[todo]
+        guidance["model_kwargs"]["labels_known"] = torch.ones(len(todo), dtype=torch.bool)
+        guidance["guidance"], guidance["guidance_rescale"] = plan.guidance
     batches = generate_batches(
         model, plan.schedule, plan.image_size, seeds, settings.sampler, settings.steps, eta=settings.eta,
         device=plan.device, precision=plan.precision, batch_size=settings.batch_size, on_step=on_step,
@@ -537,15 +589,24 @@ def _draw(
         seconds = (time.perf_counter() - t_batch) / len(batch_seeds)
         for s, volume in zip(batch_seeds, volumes, strict=True):
             i = s - plan.seed
-            name = sample_name(i, plan.fmt)
+            name = plan.file_name(i)
+            if plan.masks is not None:  # the seg first: the img file marks the pair complete
+                from medddpm.inference.masks import seg_dtype
+
+                seg = mask_sample_name(plan.masks.names[i], plan.fmt, "seg")
+                values = plan.checkpoint.meta["labels"]["values"]
+                write_volume(plan.masks.maps[i, 0].numpy(), out_dir / seg, plan.spacing, seg_dtype(values))
             write_volume(plan.mapping.to_output(volume[0].numpy()), out_dir / name, plan.spacing, plan.dtype)
             records[i] = {"index": i, "file": name, "seed": s, "seconds": round(seconds, 4)}
+            if plan.masks is not None:
+                records[i].update(segmentation=seg, **plan.masks.sources[i], guidance=plan.guidance[0])
+                sidecar = f"{plan.masks.names[i]}_img.json"
+                _write_json(out_dir / sidecar, {k: v for k, v in records[i].items() if k != "seconds"})
             if cond is not None:
                 records[i]["conditions"] = cond.rows[i]
                 records[i]["guidance"] = cond.guidance
-                _write_json(
-                    out_dir / sidecar_name(i), {k: v for k, v in records[i].items() if k != "seconds"}
-                )
+                sidecar = sidecar_name(i) if plan.masks is None else f"{plan.masks.names[i]}_img.json"
+                _write_json(out_dir / sidecar, {k: v for k, v in records[i].items() if k != "seconds"})
         on_written(len(batch_seeds))
         t_batch = time.perf_counter()
     return records
@@ -560,7 +621,7 @@ def _write_preview(plan: _Plan, out_dir: Path, num: int) -> None:
     lo, hi = (plan.mapping.a_min, plan.mapping.a_max) if plan.mapping.modality == "ct" else (0.0, 1.0)
     with atomic_path(out_dir / PREVIEW) as tmp:
         save_montage(
-            [read_output(out_dir / sample_name(i, plan.fmt)) for i in shown],
+            [read_output(out_dir / plan.file_name(i)) for i in shown],
             tmp,
             spacing=plan.spacing,
             titles=[f"seed {plan.seed + i}" for i in shown],
@@ -616,9 +677,7 @@ def _finish(
     wall = max(_gather(dist, wall))
     records.update(drawn_all)
     for i in range(num):
-        records.setdefault(
-            i, {"index": i, "file": sample_name(i, plan.fmt), "seed": plan.seed + i, "seconds": None}
-        )
+        records.setdefault(i, {"index": i, "file": plan.file_name(i), "seed": plan.seed + i, "seconds": None})
         if plan.conditions is not None:
             records[i].setdefault("conditions", plan.conditions.rows[i])
     if dist.is_main:
@@ -690,7 +749,7 @@ def sample_to_folder(
 
         # 2. The folder: created, cleared for --overwrite, or resumed (keeping earlier records).
         records = _open_folder(plan, out_dir, num, state, previous, dist)
-        missing = missing_samples(out_dir, num, plan.fmt)
+        missing = missing_samples(out_dir, num, plan.fmt, plan.names)
         if state == "resume":
             log(f"Resuming {out_dir}: {num - len(missing)} of {num} samples are there")
         if plan.conditions is not None:
@@ -725,7 +784,7 @@ def sample_to_folder(
     log(f"Done: {num} samples in {out_dir} ({len(drawn_all)} drawn, {kept} already there{speed})")
     return SampleResult(
         out_dir=out_dir,
-        files=[out_dir / sample_name(i, plan.fmt) for i in range(num)],
+        files=[out_dir / plan.file_name(i) for i in range(num)],
         drawn=len(drawn_all),
         kept=kept,
         seconds_per_volume=per_volume,

@@ -14,7 +14,10 @@ from medddpm.models.spaces import model_channels
 
 
 def build_unet(
-    cfg: ModelConfig, spatial_dims: int = 3, condition_sizes: Sequence[int] = ()
+    cfg: ModelConfig,
+    spatial_dims: int = 3,
+    condition_sizes: Sequence[int] = (),
+    label_values: Sequence[int] = (),
 ) -> DiffusionModelUNet:
     """A U-Net mapping (x_t [B, C, *spatial], t [B]) to the process's target of the same shape;
     C is the channels of ``cfg.space`` (pixel 1, wavelet 8, latent ``cfg.latent_channels``).
@@ -22,12 +25,18 @@ def build_unet(
     ``condition_sizes``: per condition variable, its number of categories or 0 for a continuous one
     (``medddpm.data.conditions.ConditionSpec.sizes``); with any, the network is a ConditionalUNet
     that also takes ``cond_values`` and ``cond_known`` (``medddpm.models.conditioning``). Without,
-    it is MONAI's DiffusionModelUNet itself.
+    it is MONAI's DiffusionModelUNet itself. ``label_values``: the label set of training masks; with
+    any, the network also takes ``labels`` and ``labels_known`` and sees their channels beside x.
     """
     channels = model_channels(cfg)
+    extra = 0
+    if label_values:
+        from medddpm.models.conditioning import label_channel_count
+
+        extra = label_channel_count(len(label_values))
     kwargs = dict(
         spatial_dims=spatial_dims,
-        in_channels=channels,
+        in_channels=channels + extra,
         out_channels=channels,
         channels=tuple(cfg.channels),
         attention_levels=tuple(cfg.attention_levels),
@@ -36,10 +45,10 @@ def build_unet(
         norm_num_groups=cfg.norm_num_groups,
         use_flash_attention=cfg.use_flash_attention,
     )
-    if condition_sizes:
+    if condition_sizes or label_values:
         from medddpm.models.conditioning import ConditionalUNet
 
-        model: DiffusionModelUNet = ConditionalUNet(condition_sizes, **kwargs)
+        model: DiffusionModelUNet = ConditionalUNet(condition_sizes, label_values, **kwargs)
     else:
         model = DiffusionModelUNet(**kwargs)
     if cfg.gradient_checkpointing:

@@ -146,17 +146,19 @@ def build_learner(
     memory_format: torch.memory_format | None = None,
     condition_sizes: Sequence[int] = (),
     model: torch.nn.Module | None = None,
+    label_values: Sequence[int] = (),
 ) -> Learner:
     """The U-Net on ``device`` with its EMA copy, AdamW, warm-up + cosine LR and grad scaler (fp16
     only), and the network the forward pass runs: wrapped in DDP under torchrun, compiled with
     ``train.compile``. Draws the initial weights from torch's global generator. ``memory_format``:
     the weights' layout (default: ``preferred_memory_format(device)``; results differ only by
     float rounding). ``condition_sizes``: the condition variables (``build_unet``); none: unconditional.
+    ``label_values``: the label set of training label maps (``build_unet``); none: no label channels.
     ``model``: another network to train (the autoencoder), kept in its own layout."""
     tc = cfg.train
     if model is None:
         model = to_memory_format(
-            build_unet(cfg.model, condition_sizes=condition_sizes).to(device),
+            build_unet(cfg.model, condition_sizes=condition_sizes, label_values=label_values).to(device),
             memory_format or preferred_memory_format(device),
         )
     ema = AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(tc.ema_decay, tc.ema_warmup), use_buffers=True)
@@ -227,6 +229,7 @@ def read_learner_state(
     build_model: Callable[[Config], torch.nn.Module] | None = None,
     frozen: tuple[str, ...] = FROZEN_SECTIONS,
     condition_sizes: Sequence[int] = (),
+    label_values: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Read and check every file of the checkpoint to resume from, before the run folder is touched.
 
@@ -241,7 +244,11 @@ def read_learner_state(
     state: dict[str, Any] = {}
     with torch.device("meta"), warnings.catch_warnings():  # shapes only: no memory for a second model
         warnings.simplefilter("ignore")
-        shapes = build_model(cfg) if build_model else build_unet(cfg.model, condition_sizes=condition_sizes)
+        shapes = (
+            build_model(cfg)
+            if build_model
+            else build_unet(cfg.model, condition_sizes=condition_sizes, label_values=label_values)
+        )
         for key in ("model", "ema"):
             state[key] = checkpoint.weights(ema=key == "ema")
             load_weights(shapes, state[key], checkpoint.file(key))

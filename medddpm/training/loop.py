@@ -37,6 +37,7 @@ import torch
 
 from medddpm.config import ConditionsConfig, Config, TrainConfig, save_config
 from medddpm.data.conditions import TrainingConditions, match_table
+from medddpm.data.labels import TrainingLabels, match_labels
 from medddpm.data.scans import Preflight, discover_scans, preflight, write_dataset_json
 from medddpm.data.transforms import OutputGeometry, build_dataset, output_geometry
 from medddpm.diffusion.advice import sampling_warnings
@@ -98,14 +99,16 @@ def train(
     overwrite: bool = False,
     skip_invalid: bool = False,
     conditions: str | Path | None = None,
+    labels: str | Path | None = None,
     log: Callable[[str], None] = _no_log,
     on_step: Callable[[StepLog], None] | None = None,
 ) -> TrainResult:
     """Train a DDPM on the NIfTI scans below ``data_dir``, writing everything into ``run_dir``.
 
     One call per numbered step of the module docstring. ``conditions``: a CSV table of per-scan
-    variables to condition on (``medddpm.data.conditions``). ``log`` receives one line per event
-    (process 0 only); ``on_step`` a StepLog after every step (process 0 only).
+    variables to condition on (``medddpm.data.conditions``). ``labels``: a folder of label maps
+    paired with the scans by name (``medddpm.data.labels``), fed to the network beside x. ``log``
+    receives one line per event (process 0 only); ``on_step`` a StepLog after every step (process 0 only).
     """
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     compute = start_compute(cfg.train)
@@ -121,6 +124,7 @@ def train(
         overwrite=overwrite,
         skip_invalid=skip_invalid,
         conditions=conditions,
+        labels=labels,
     )
     report_inputs(found, run_dir, resume, log)
     dataset = prepare_run_folder(
@@ -129,7 +133,7 @@ def train(
     if cfg.model.space == "latent":
         cfg, dataset = prepare_latents(cfg, dataset, run_dir, compute.device, compute.dist.is_main, log)
         compute.dist.barrier()
-    learner = start_learner(cfg, compute, resume_state, log, found.condition_sizes)
+    learner = start_learner(cfg, compute, resume_state, log, found.condition_sizes, found.label_values)
     del resume_state  # the checkpoint's weights and optimizer moments: in the learner now
     log(describe_run(len(dataset), learner, compute, cfg.train))
     return run_loop(learner, dataset, cfg, compute, found, run_dir, data_dir, log, on_step)
@@ -162,6 +166,12 @@ class CheckedInputs:
     geometry: OutputGeometry  # voxel sizes the scans were learnt at, and the one samples get
     start: Checkpoint | None  # the checkpoint to resume from
     conditions: TrainingConditions | None = None  # per-scan variables, in the order of scans.valid
+    labels: TrainingLabels | None = None  # per-scan label maps, in the order of scans.valid
+
+    @property
+    def label_values(self) -> tuple[int, ...]:
+        """The label set of the training label maps; empty without --labels."""
+        return () if self.labels is None else self.labels.values
 
     @property
     def condition_sizes(self) -> list[int]:
@@ -184,6 +194,7 @@ def check_inputs(
     overwrite: bool,
     skip_invalid: bool,
     conditions: str | Path | None = None,
+    labels: str | Path | None = None,
     kind: str = DIFFUSION,
     read_state: Callable[..., dict] = read_learner_state,
 ) -> tuple[CheckedInputs, dict | None]:
@@ -196,7 +207,7 @@ def check_inputs(
     checkpoint is read and checked.
     """
     failure: InputError | None = None
-    start = state = table = None
+    start = state = table = paired = None
     try:
         config_space(cfg)  # image_size fits the space and the U-Net's levels
         check_run_dir(run_dir, resume, overwrite, kind)
@@ -210,14 +221,19 @@ def check_inputs(
         geometry = output_geometry(cfg.data, scans.valid)
         if conditions is not None:
             table = read_conditions(conditions, scans, data_dir, cfg.conditions)
+        if labels is not None:
+            paired = match_labels(labels, [Path(s.path) for s in scans.valid], data_dir)
         if start is not None:
             check_resume_conditions(start, table)
+            check_resume_labels(start, paired)
             sizes = {} if table is None else {"condition_sizes": table.spec.sizes}
+            if paired is not None:
+                sizes["label_values"] = paired.values
             state = read_state(start, cfg, **sizes)
     except InputError as e:
         failure = e
     dist.agree(failure, resume_from_step=None if start is None else start.step)
-    return CheckedInputs(scans, geometry, start, table), state
+    return CheckedInputs(scans, geometry, start, table, paired), state
 
 
 def read_conditions(
@@ -237,6 +253,19 @@ def check_resume_conditions(start: Checkpoint, table: TrainingConditions | None)
         raise InputError(
             f"cannot resume: the checkpoint {had}, and this run has {what} "
             "(or its variables, categories or statistics differ); train into a new folder",
+            start.path,
+        )
+
+
+def check_resume_labels(start: Checkpoint, paired: TrainingLabels | None) -> None:
+    """A resumed run takes label maps with the same label set as its checkpoint, or none if it had none."""
+    saved = (start.meta.get("labels") or {}).get("values")
+    now = None if paired is None else list(paired.values)
+    if saved != now:
+        had = f"label set {saved}" if saved else "no label maps"
+        raise InputError(
+            f"cannot resume: the checkpoint was trained with {had}, this run has "
+            f"{'label set ' + str(now) if now else 'no --labels'}; train into a new folder",
             start.path,
         )
 
@@ -275,11 +304,16 @@ def prepare_run_folder(
         prepare_run_dir(run_dir, resume, overwrite, kind)
         save_config(cfg, run_dir / "config.yaml")
         write_dataset_json(
-            run_dir / "dataset.json", cfg.data, found.scans, data_dir, found.geometry, found.conditions
-        )
+            run_dir / "dataset.json", cfg.data, found.scans, data_dir, found.geometry, found.conditions,
+            found.labels,
+        )  # fmt: skip
     dist.barrier()
     return build_dataset(
-        cfg.data, [s.path for s in found.scans.valid], run_dir / "cache", cfg.data.num_workers
+        cfg.data,
+        [s.path for s in found.scans.valid],
+        run_dir / "cache",
+        cfg.data.num_workers,
+        labels=None if found.labels is None else found.labels.files,
     )
 
 
@@ -289,6 +323,7 @@ def start_learner(
     resume_state: dict | None,
     log: Callable[[str], None],
     condition_sizes: Sequence[int] = (),
+    label_values: Sequence[int] = (),
 ) -> Learner:
     """4. A learner with fresh weights drawn from ``train.seed``, then the resumed state put back."""
     device, precision = compute.device, compute.precision
@@ -297,7 +332,9 @@ def start_learner(
     if bf16_warning:
         log(f"warning: {bf16_warning}")
     seed_everything(cfg.train.seed)
-    learner = build_learner(cfg, device, precision, compute.dist, condition_sizes=condition_sizes)
+    learner = build_learner(
+        cfg, device, precision, compute.dist, condition_sizes=condition_sizes, label_values=label_values
+    )
     if resume_state is not None:
         learner.load_state_dict(resume_state)  # RNG states included: after the draws above
     return learner
@@ -334,7 +371,9 @@ def run_loop(
     space = config_space(cfg, run_dir)
     # The latent space's batches come from the latent cache, encoded already (s * mu).
     batch_space = replace(space, encode=_cached) if cfg.model.space == "latent" else space
-    checkpoints = CheckpointWriter(run_dir, cfg, found.spacing, dist, found.start, found.conditions)
+    checkpoints = CheckpointWriter(
+        run_dir, cfg, found.spacing, dist, found.start, found.conditions, labels=found.labels
+    )
 
     def take_step() -> tuple[float, float]:
         return train_step(
@@ -349,6 +388,7 @@ def run_loop(
             found.conditions,
             cfg.conditions,
             batch_space,
+            labelled=found.labels is not None,
         )
 
     def preview(step: int) -> None:
@@ -490,6 +530,7 @@ class CheckpointWriter:
         start: Checkpoint | None,
         conditions: TrainingConditions | None = None,
         kind: str = DIFFUSION,
+        labels: TrainingLabels | None = None,
     ):
         self.run_dir, self.keep_last, self.dist = run_dir, cfg.train.keep_last, dist
         self.meta = {"config": cfg.to_dict(), "output_spacing": list(spacing), "versions": library_versions()}
@@ -499,6 +540,8 @@ class CheckpointWriter:
             # What sampling needs: the encoding, and the training rows (--match-training draws from them).
             self.meta["conditioning"] = conditions.spec.to_dict()
             self.meta["condition_rows"] = conditions.rows
+        if labels is not None:  # the label set the network's label channels encode
+            self.meta["labels"] = labels.record()
         self.last: Path | None = start.path if start is not None else None
 
     def save(self, learner: Learner) -> None:
@@ -550,15 +593,25 @@ def condition_dropout(
     trains the unconditional model that guidance and unconditional sampling use. Row i's draws come
     from a generator seeded by (seed, stream position + i), so resuming draws the same.
     """
-    keep = known.clone()
-    for i in range(known.shape[0]):
-        g = torch.Generator().manual_seed(((seed + 1) * 2**41 + position + i) % 2**63)
-        u = torch.rand(1 + known.shape[1], generator=g)
-        if u[0] < p_all:
-            keep[i] = False
-        else:
-            keep[i] &= (u[1:] >= p_each).to(keep.device)
+    dropped_all, kept_each = dropout_draws(known.shape[0], known.shape[1], seed, position, p_all, p_each)
+    keep = known & kept_each.to(known.device)
+    keep[dropped_all.to(known.device)] = False
     return keep
+
+
+def dropout_draws(
+    batch: int, variables: int, seed: int, position: int, p_all: float, p_each: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``condition_dropout``'s draws: rows whose conditions are all dropped [B] bool (the label
+    map too), and the variables each row keeps otherwise [B, V] bool."""
+    dropped_all = torch.zeros(batch, dtype=torch.bool)
+    kept_each = torch.ones(batch, variables, dtype=torch.bool)
+    for i in range(batch):
+        g = torch.Generator().manual_seed(((seed + 1) * 2**41 + position + i) % 2**63)
+        u = torch.rand(1 + variables, generator=g)
+        dropped_all[i] = bool(u[0] < p_all)
+        kept_each[i] = u[1:] >= p_each
+    return dropped_all, kept_each
 
 
 def train_step(
@@ -573,11 +626,13 @@ def train_step(
     conditions: TrainingConditions | None = None,
     cc: ConditionsConfig | None = None,
     space: SpaceEntry = SPACES["pixel"],
+    labelled: bool = False,
 ) -> tuple[float, float]:
     """One optimizer step from stream position ``samples_seen``: ``grad_accum`` micro-batches
     (batch assembly from the cache, encoding into ``space``, conditions with dropout, loss,
-    backward), unscale, clip, AdamW, EMA, LR schedule. ``schedule``: the process
-    (medddpm.diffusion.process).
+    backward), unscale, clip, AdamW, EMA, LR schedule. ``labelled``: the dataset's items carry a
+    "label" map, passed to the network (absent for the rows whose conditions are all dropped).
+    ``schedule``: the process (medddpm.diffusion.process).
 
     Returns this process's (loss, grad_norm). When either is not finite the update is skipped
     (weights, EMA and AdamW moments untouched); the caller counts such steps.
@@ -598,6 +653,13 @@ def train_step(
                 "cond_values": torch.from_numpy(conditions.values[idx]).to(device),
                 "cond_known": known.to(device),
             }
+        if labelled:
+            cc = cc or ConditionsConfig()
+            # The same draws as the variables' dropout: a row whose conditions all drop loses its mask too.
+            n_vars = 0 if conditions is None else conditions.values.shape[1]
+            dropped, _ = dropout_draws(len(idx), n_vars, tc.seed, position, cc.p_all, cc.p_each)
+            kwargs["labels"] = torch.stack([dataset[i]["label"] for i in idx]).to(device, non_blocking=True)
+            kwargs["labels_known"] = (~dropped).to(device)
         sync = micro == tc.grad_accum - 1 or not dist.enabled
         with learner.network.no_sync() if not sync else contextlib.nullcontext():
             with autocast(precision, device):
