@@ -146,12 +146,9 @@ def browser_or_skip():
     return webdriver
 
 
-def test_report_renders_in_a_real_browser(report: Path, tmp_path: Path):
-    """Chromium opens the report offline: no console errors, every image shown with a natural size,
-    and the browser's own parser finds the metrics table's rows and the escaped folder names.
-
-    Chromium draws a truncated PNG's first rows without complaint: that the embedded files are whole
-    is test_every_embedded_image_decodes_as_a_png's part."""
+def chromium(tmp_path: Path):
+    """Headless Chromium driven by selenium, with its own profile and driver log under ``tmp_path``,
+    browser console logs kept (``driver.get_log("browser")``); skips as browser_or_skip does."""
     webdriver = browser_or_skip()
     from selenium.webdriver.chrome.service import Service
 
@@ -169,8 +166,17 @@ def test_report_renders_in_a_real_browser(report: Path, tmp_path: Path):
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    log = tmp_path / "chromedriver.log"
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(log)), options=options)
+    service = Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"))
+    return webdriver.Chrome(service=service, options=options)
+
+
+def test_report_renders_in_a_real_browser(report: Path, tmp_path: Path):
+    """Chromium opens the report offline: no console errors, every image shown with a natural size,
+    and the browser's own parser finds the metrics table's rows and the escaped folder names.
+
+    Chromium draws a truncated PNG's first rows without complaint: that the embedded files are whole
+    is test_every_embedded_image_decodes_as_a_png's part."""
+    driver = chromium(tmp_path)
     try:
         driver.get((report / "report.html").as_uri())
         assert driver.execute_script("return document.readyState") == "complete"

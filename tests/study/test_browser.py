@@ -10,29 +10,7 @@ import time
 from pathlib import Path
 
 from tests.evaluation.test_measure import run_cli
-from tests.evaluation.test_report_html import CHROMEDRIVER, CHROMIUM, browser_or_skip
-
-
-def chromium(tmp_path: Path):
-    webdriver = browser_or_skip()
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"))
-    return webdriver.Chrome(service=service, options=options)
+from tests.evaluation.test_report_html import chromium
 
 
 def answer_current(driver, key: dict) -> str:
