@@ -7,6 +7,9 @@ Recipes (each a list of ``--set`` overrides on ``configs/demo.yaml``, at the dem
                (sampled from the raw weights), with ancestral DDPM as the tutorial samples, over 250 of
                its 1000 steps (respaced, Nichol & Dhariwal 2021) to keep evaluations affordable on a CPU
     demo       the demo recipe as it is (v target, cosine schedule, lr 2e-3, EMA 0.95)
+    default    medddpm's default recipe (configs/default.yaml's diffusion and train sections: v target,
+               linear schedule, AdamW 2e-3 with 100 warm-up steps and cosine decay over 20,000 steps, EMA
+               0.999 with warm-up, DPM-Solver++ 25 steps) at the demo's model size
     eps        the demo with the eps target: with ``demo``, what the v target is worth
     wavelet    the demo in wavelet space (model.space=wavelet)
     rflow      the demo with rectified flow (diffusion.process=rflow, Euler sampling)
@@ -60,6 +63,14 @@ RECIPES: dict[str, list[str]] = {
         "sample.steps=250",
     ],
     "demo": [],
+    "default": [
+        "diffusion.schedule=linear",
+        "train.warmup_steps=100",
+        "train.min_lr_ratio=0.1",
+        "train.max_steps=20000",
+        "train.ema_decay=0.999",
+        "sample.steps=25",
+    ],
     "eps": ["diffusion.prediction=eps"],
     "wavelet": ["model.space=wavelet"],
     "rflow": ["diffusion.process=rflow", "sample.sampler=euler", "sample.steps=20"],

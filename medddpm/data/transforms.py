@@ -24,10 +24,14 @@ from monai.transforms import (
     Orientationd,
     Resized,
     ResizeWithPadOrCropd,
+    ScaleIntensityRange,
     ScaleIntensityRanged,
+    ScaleIntensityRangePercentiles,
     ScaleIntensityRangePercentilesd,
     Spacingd,
 )
+from monai.transforms.utils_pytorch_numpy_unification import percentile
+from monai.utils import convert_to_tensor
 
 from medddpm.config import DataConfig
 from medddpm.data.nifti import ScanInfo
@@ -124,13 +128,59 @@ def _steps_before_sizing(cfg: DataConfig, label: bool = False, image: bool = Tru
         steps.append(ScaleIntensityRanged(["image"], cfg.a_min, cfg.a_max, -1.0, 1.0, clip=True))
     else:
         steps.append(
-            ScaleIntensityRangePercentilesd(
-                ["image"], cfg.lower_percentile, cfg.upper_percentile, -1.0, 1.0, clip=True
-            )
+            ScalePercentilesd(["image"], cfg.lower_percentile, cfg.upper_percentile, -1.0, 1.0, clip=True)
         )
     if cfg.foreground_crop:
         steps.append(CropForegroundd(keys, source_key="image", select_fn=lambda x: x > BACKGROUND))
     return steps
+
+
+def quantile_like_torch(x: torch.Tensor, q: float) -> torch.Tensor:
+    """``torch.quantile(x, q)`` (linear interpolation) bit for bit, by selection instead of a full sort.
+
+    torch sorts every value to read two of them; ``np.partition`` finds the two order statistics in
+    linear time (about 20x faster for a 64³ volume). The arithmetic is torch's own, in ``x``'s dtype:
+    rank = q * (n - 1), the values at floor(rank) and ceil(rank), ``torch.lerp`` between them by
+    rank - floor(rank). Finite values only (medddpm.data.nifti rejects scans with NaN or inf).
+    """
+    flat = x.detach().reshape(-1)
+    n = flat.numel()
+    rank = torch.tensor(q, dtype=flat.dtype) * (n - 1)
+    below, above = int(rank), int(torch.ceil(rank))
+    values = np.partition(flat.cpu().numpy(), [below, above])
+    low = torch.tensor(values[below], dtype=flat.dtype)
+    high = torch.tensor(values[above], dtype=flat.dtype)
+    return torch.lerp(low, high, rank - below).to(x.device)
+
+
+class ScalePercentiles(ScaleIntensityRangePercentiles):
+    """MONAI's ScaleIntensityRangePercentiles with the same two percentiles found by selection.
+
+    For tensors MONAI computes percentiles with ``torch.quantile`` (a full sort; arrays above a million
+    values go to ``np.percentile``), twice per volume: that was most of the time of loading a scan.
+    ``quantile_like_torch`` returns the identical values (tests compare the outputs bit for bit);
+    whatever MONAI would not send to ``torch.quantile`` still goes through MONAI's ``percentile``.
+    """
+
+    def _percentile(self, img, p: float):
+        if isinstance(img, torch.Tensor) and img.numel() <= 1_000_000 and img.dtype.is_floating_point:
+            return quantile_like_torch(img, float(np.float64(p) / 100.0))
+        return percentile(img, p)
+
+    def _normalize(self, img):
+        if self.relative:
+            return super()._normalize(img)
+        a_min, a_max = self._percentile(img, self.lower), self._percentile(img, self.upper)
+        scale = ScaleIntensityRange(a_min, a_max, self.b_min, self.b_max, clip=self.clip, dtype=self.dtype)
+        return convert_to_tensor(scale(img), track_meta=False)
+
+
+class ScalePercentilesd(ScaleIntensityRangePercentilesd):
+    """The dictionary form of ScalePercentiles (MONAI's ScaleIntensityRangePercentilesd, faster)."""
+
+    def __init__(self, keys, lower: float, upper: float, b_min: float, b_max: float, clip: bool = False):
+        super().__init__(keys, lower, upper, b_min, b_max, clip)
+        self.scaler = ScalePercentiles(lower, upper, b_min, b_max, clip)
 
 
 def build_transforms(cfg: DataConfig, label: bool = False, image: bool = True) -> Compose:

@@ -111,3 +111,32 @@ def test_training_records_learnt_voxel_sizes_and_samples_carry_them(tmp_path: Pa
     sample_to_folder(tmp_path / "run", tmp_path / "out", 1, seed=0)
     (written,) = sorted((tmp_path / "out").glob("*.nii.gz"))
     assert nib.load(str(written)).header.get_zooms()[:3] == pytest.approx((1.125, 1.125, 1.125))
+
+
+@pytest.mark.parametrize("shape", [(1,), (2,), (7,), (1, 16, 16, 16), (1, 33, 20, 17), (1, 64, 64, 64)])
+@pytest.mark.parametrize("q", [0.0, 0.005, 0.25, 0.5, 0.995, 1.0])
+def test_quantile_by_selection_equals_torch_quantile_bit_for_bit(shape, q):
+    import torch
+
+    from medddpm.data.transforms import quantile_like_torch
+
+    gen = torch.Generator().manual_seed(hash((shape, q)) % 2**31)
+    x = torch.randn(shape, generator=gen) * 300 - 40
+    x[..., ::3] = x.reshape(-1)[0]  # ties
+    assert torch.equal(quantile_like_torch(x, q), torch.quantile(x, torch.tensor(q, dtype=x.dtype)))
+
+
+def test_percentile_scaling_equals_monais_transform_bit_for_bit():
+    import torch
+    from monai.transforms import ScaleIntensityRangePercentilesd
+
+    from medddpm.data.transforms import ScalePercentilesd
+
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(1, 20, 24, 28), (1, 64, 64, 64), (1, 110, 100, 100)]:  # the last goes to np.percentile
+        x = torch.rand(shape, generator=gen) ** 3 * 1200.0
+        ours = ScalePercentilesd(["image"], 0.5, 99.5, -1.0, 1.0, clip=True)({"image": x.clone()})["image"]
+        monai = ScaleIntensityRangePercentilesd(["image"], 0.5, 99.5, -1.0, 1.0, clip=True)(
+            {"image": x.clone()}
+        )
+        assert torch.equal(torch.as_tensor(ours), torch.as_tensor(monai["image"]))
