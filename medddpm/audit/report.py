@@ -117,7 +117,8 @@ def headline_numbers(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             "flagged synthetic volumes",
             f"{r['n_flagged']} of {r['n_synthetic']} ({r['flagged_share']:.1%}, 95% CI {lo:.1%}–{hi:.1%}, "
             f"{r['interval']})",
-            f"about {r['expected_share']:.0%} expected without copying",
+            f"about {r['expected_share']:.1%} expected without copying; more than that by chance: "
+            f"p = {r['exceedance_p_value']:.3g} (exact, the threshold's own uncertainty included)",
         ),
         ("threshold (correlation)", _fmt(r["threshold"]), f"{r['quantile']:g} quantile of held-out scans"),
         (

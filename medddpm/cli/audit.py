@@ -92,7 +92,8 @@ def audit(
     out.print(f"[{VERDICT_STYLES[r['verdict']]}]{r['headline']}[/]")
     out.print(
         f"flagged: {r['n_flagged']} of {r['n_synthetic']} synthetic volumes ({r['flagged_share']:.1%}, "
-        f"95% CI {lo:.1%}-{hi:.1%}; about {r['expected_share']:.0%} expected without copying)"
+        f"95% CI {lo:.1%}-{hi:.1%}; about {r['expected_share']:.1%} expected without copying, "
+        f"exceedance p = {r['exceedance_p_value']:.3g})"
     )
     out.print(
         f"Mann-Whitney p = {r['mann_whitney']['p_value']:.3g}; authenticity {r['authenticity']['score']:.2f}"
