@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -74,6 +75,8 @@ def test_demo_command_end_to_end_on_the_tiny_config(tmp_path: Path, capsys, monk
     assert np.isfinite(metrics["fid"]) and 0 <= metrics["ms_ssim_synthetic"] <= 1
     assert str(out / "report" / "report.html") in stderr.replace("\n", "")
     assert "samples preview" in stderr
+    likeness = re.search(r"synthetic (-?[\d.]+), held-out real\s+scans (-?[\d.]+)", stdout)
+    assert likeness and all(-1 <= float(v) <= 1 for v in likeness.groups()), stdout
     cores = available_cores()  # all of them by default, not cores minus the load average
     assert f"({cores} CPU thread{'s' if cores > 1 else ''})" in " ".join(stderr.split())
     assert all(DEMO_FOLDER.owns(p) for p in out.iterdir())  # what --overwrite would replace
@@ -126,6 +129,9 @@ def fake_stages(monkeypatch) -> dict[str, list[int]]:
     monkeypatch.setattr("medddpm.training.loop.train", train)
     monkeypatch.setattr("medddpm.inference.sample_to_folder.sample_to_folder", sample)
     monkeypatch.setattr("medddpm.evaluation.evaluate.evaluate", evaluate)
+    monkeypatch.setattr(
+        "medddpm.demo.likeness", lambda cfg, cohort, samples: {"synthetic": 0.5, "heldout": 0.9}
+    )
     monkeypatch.setattr("medddpm.evaluation.report.summary_table", lambda metrics: "metrics table")
     return threads
 

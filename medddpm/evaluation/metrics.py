@@ -7,10 +7,13 @@ Feature-space metrics take features as [N, F] arrays (numpy or torch; computed i
     mmd                 unbiased MMD² (Gretton et al. 2012), RBF kernel with the median heuristic.
     prdc                precision, recall, density, coverage (Naeem et al. 2020).
 
-Image-space diversity takes volumes [N, 1, D, H, W]:
+Image-space diversity and likeness take volumes [N, 1, D, H, W]:
 
     pairwise_ms_ssim    mean MS-SSIM over pairs within one set (lower = more diverse), with the
                         kernel and number of scales chosen by ms_ssim_settings to fit the volume.
+    nearest_correlation each volume's Pearson correlation with its most correlated reference volume
+                        (the demo's "how like a training scan", with held-out scans as the baseline;
+                        ``medddpm audit`` asks the same question properly, for memorisation).
 
 What these numbers cannot say: FID and MMD depend on the feature network (values from different
 networks are never comparable), FID is biased upwards for small N and its covariance is singular
@@ -379,3 +382,17 @@ def pairwise_ms_ssim(
         "values": values,
         "settings": {**settings, "data_range": float(data_range)},
     }
+
+
+def nearest_correlation(volumes: torch.Tensor, references: torch.Tensor) -> np.ndarray:
+    """[N]: each volume's Pearson correlation over all voxels with its most correlated reference volume.
+
+    ``volumes`` [N, ...] and ``references`` [M, ...] of one shape; computed in float64 as one matrix
+    product of standardised vectors.
+    """
+    a, b = volumes.flatten(1).double(), references.flatten(1).double()
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"volumes of {a.shape[1]} and {b.shape[1]} voxels cannot be correlated")
+    a = (a - a.mean(1, keepdim=True)) / a.std(1, keepdim=True).clamp_min(1e-12)
+    b = (b - b.mean(1, keepdim=True)) / b.std(1, keepdim=True).clamp_min(1e-12)
+    return (a @ b.T / (a.shape[1] - 1)).max(dim=1).values.numpy()

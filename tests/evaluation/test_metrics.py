@@ -271,3 +271,19 @@ def test_pairwise_ms_ssim_input_errors():
         pairwise_ms_ssim(torch.rand(2, 1, 16, 16, 16) * 1000.0)
     single = pairwise_ms_ssim(torch.rand(2, 1, 16, 16, 16) * 1000.0, data_range=1000.0)
     assert single["n_pairs"] == 1 and single["ci95_low"] is None
+
+
+def test_nearest_correlation_against_numpy_corrcoef():
+    from medddpm.evaluation.metrics import nearest_correlation
+
+    gen = torch.Generator().manual_seed(3)
+    refs = torch.rand(5, 1, 6, 7, 8, generator=gen)
+    vols = torch.cat(
+        [
+            refs[2:3] * 3 + 1 + 0.05 * torch.rand(1, 1, 6, 7, 8, generator=gen),
+            torch.rand(3, 1, 6, 7, 8, generator=gen),
+        ]
+    )
+    r = np.corrcoef(vols.flatten(1).numpy(), refs.flatten(1).numpy())[: len(vols), len(vols) :]
+    np.testing.assert_allclose(nearest_correlation(vols, refs), r.max(axis=1), rtol=1e-10)
+    assert nearest_correlation(vols, refs)[0] > 0.99  # a rescaled copy of reference 2
