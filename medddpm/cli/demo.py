@@ -73,6 +73,8 @@ def demo(
             on_sample_step=on_sample_step,
         )
     Console(highlight=False).print(summary_table(result.metrics))
+    for check in (result.metrics.get("conditions") or {}).get("check", []):
+        console.print(check["sentence"], markup=False, highlight=False)
     took = (time.perf_counter() - started) / 60
     console.print(
         f"[green]Demo done[/] in {took:.1f} minutes ({result.steps} training steps)\n"
