@@ -6,8 +6,15 @@
    deformation, a smooth bias field, gamma contrast and a global intensity scale. Every subject is
    a pure function of (seed, index). Written as RAS NIfTI files with their true voxel size into
    ``cohort/train`` and ``cohort/heldout`` (a quarter, the real reference for evaluation).
+   Subjects alternate between two groups that differ in head size (GROUPS: the "small" heads are
+   the template scaled by 0.88, by a MONAI affine before the random transforms, so about two thirds
+   of the "large" heads' volume); each split's groups are written as a conditions table in train's
+   format beside the cohort (``cohort/train_conditions.csv``, ``cohort/heldout_conditions.csv``).
 2. ``run_demo``: the same functions as ``medddpm train``, ``sample`` and ``evaluate``, in order,
-   with the ``demo`` config and a time budget (``train.max_minutes``) instead of a step count.
+   with the ``demo`` config and a time budget (``train.max_minutes``) instead of a step count. It
+   trains conditioned on the group, samples in the training set's proportions (``--match-training``)
+   and evaluates with the held-out table, so the report shows the condition check: whether the
+   samples' head size follows the group they were asked for.
 
 The cohort is one template deformed many times: it shows the tool end to end in minutes on a
 CPU, and the figures it yields are for that cohort only, not a benchmark of anything.
@@ -36,6 +43,12 @@ DEFAULT_MINUTES = 7.0
 """Training minutes of ``medddpm demo``; with cohort, sampling and evaluation about 10 minutes on 2 cores."""
 DEFAULT_SUBJECTS = 64
 HELDOUT_FRACTION = 0.25
+GROUPS = {"large": 1.0, "small": 0.88}
+"""Head size of each group, relative to the template (subject i is in group i mod 2): a visible, and
+measurable, effect for the demo's conditional model. Within a group heads still vary by up to +-8% per
+axis (``subject_transforms``), so single axes overlap a little, but a small head has about 0.88³ = 0.68
+of a large one's volume."""
+GROUP_VARIABLE = "group"
 COHORT_RECORD = "cohort.json"
 INSTALL_HINT = 'the demo needs nilearn, which ships the MNI152 template: pip install "medddpm[demo]"'
 
@@ -57,6 +70,10 @@ class Cohort:
     heldout: list[Path]
     image_size: int
     spacing: float
+    train_conditions: Path | None = None
+    """The training scans' groups, a table in train's format (``file``, ``group``); None: no groups."""
+    heldout_conditions: Path | None = None
+    """The held-out scans' groups, the same way."""
 
     @property
     def train_dir(self) -> Path:
@@ -131,6 +148,30 @@ def subject_transforms(size: int):
     )
 
 
+def subject_group(index: int) -> str:
+    """The group of subject ``index``: the keys of GROUPS in turn."""
+    names = list(GROUPS)
+    return names[index % len(names)]
+
+
+def group_transform(group: str):
+    """MONAI's Affine scaling a head by GROUPS[group] about the grid's centre. MONAI scales the sampling
+    grid, so an image shrinks by the reciprocal of ``scale_params``."""
+    from monai.transforms import Affine
+
+    factor = 1.0 / GROUPS[group]
+    return Affine(scale_params=(factor,) * 3, padding_mode="zeros", image_only=True)
+
+
+def _write_table(path: Path, files: list[Path], groups: list[str]) -> Path:
+    from medddpm.output_folder import atomic_path
+
+    lines = ["file," + GROUP_VARIABLE, *(f"{f.name},{g}" for f, g in zip(files, groups, strict=True))]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def make_cohort(
     out_dir: str | Path,
     n_subjects: int = DEFAULT_SUBJECTS,
@@ -142,8 +183,10 @@ def make_cohort(
 
     Each is ``image_size``³ voxels of ``192 / image_size`` mm (RAS, float32, qform and sform set,
     origin at the centre), made on a grid twice as fine and averaged down, as a scanner integrates
-    over a voxel. The last quarter (at least one) is held out. Subject i depends only on
-    (seed, i): the same seed gives the same files. Raises InputError without nilearn.
+    over a voxel. The last quarter (at least one) is held out. Subject i, in group ``subject_group(i)``,
+    depends only on (seed, i): the same seed gives the same files. Writes each split's groups as
+    ``train_conditions.csv`` and ``heldout_conditions.csv`` in ``out_dir``. Raises InputError without
+    nilearn.
     """
     import torch
     from monai.transforms import Resize
@@ -164,14 +207,20 @@ def make_cohort(
     downsample = Resize((image_size,) * 3, mode="area")
     n_heldout = max(1, round(n_subjects * HELDOUT_FRACTION))
     train, heldout = [], []
+    groups: dict[str, list[str]] = {"train": [], "heldout": []}
     for i in range(n_subjects):
         transforms.set_random_state(seed=int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
         with torch.no_grad():
-            volume = downsample(transforms(base.clone()))
+            volume = downsample(transforms(group_transform(subject_group(i))(base.clone())))
         volume = np.asarray(volume, dtype=np.float32)[0].clip(min=0.0)
         split = "heldout" if i >= n_subjects - n_heldout else "train"
         path = write_volume(volume, out_dir / split / f"subject_{i:03d}.nii.gz", (spacing,) * 3)
         (heldout if split == "heldout" else train).append(path)
+        groups[split].append(subject_group(i))
+    tables = {
+        split: _write_table(out_dir / f"{split}_conditions.csv", files, groups[split])
+        for split, files in (("train", train), ("heldout", heldout))
+    }
     record = {
         "source": "MNI152 T1 template (ICBM 2009a symmetric, 2 mm) from the nilearn package",
         "n_subjects": n_subjects,
@@ -181,7 +230,13 @@ def make_cohort(
         "spacing_mm": [spacing] * 3,
         "orientation": "RAS",
         "seed": seed,
-        "transforms": [type(t).__name__ for t in transforms.transforms],
+        "transforms": ["Affine (group head size)", *(type(t).__name__ for t in transforms.transforms)],
+        "conditions": {
+            "variable": GROUP_VARIABLE,
+            "head_size": GROUPS,
+            "rule": "subject i is in group i mod 2, in the order of head_size",
+            "tables": {split: path.name for split, path in tables.items()},
+        },
     }
     with atomic_path(out_dir / COHORT_RECORD) as tmp:
         tmp.write_text(json.dumps(record, indent=2))
@@ -189,7 +244,7 @@ def make_cohort(
         f"Cohort: {len(train)} training and {len(heldout)} held-out scans, {image_size}³ at {spacing:g} mm, "
         f"in {out_dir} ({time.perf_counter() - t0:.0f} s)"
     )
-    return Cohort(out_dir, train, heldout, image_size, spacing)
+    return Cohort(out_dir, train, heldout, image_size, spacing, tables["train"], tables["heldout"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,16 +339,18 @@ def run_demo(
 
     Makes a cohort of ``n_subjects`` (None: 64) scans of ``image_size``³ voxels (None: the config's
     ``data.image_size``, which must then be a cube), trains ``config`` (a preset name or YAML file;
-    ``overrides`` as for ``--set``) for ``minutes`` of training steps (None: DEFAULT_MINUTES), draws
-    ``num_samples`` volumes with the config's sampler, and evaluates them against the held-out
-    quarter, both preprocessed with the run's transforms. ``threads``: torch CPU threads while the
-    demo runs (None: every core this process may use, ``available_cores()``; the previous setting
-    is restored afterwards). ``on_step`` receives training's StepLog; ``on_volumes`` and
-    ``on_sample_step`` are sampling's progress callbacks.
+    ``overrides`` as for ``--set``) conditioned on the cohort's groups for ``minutes`` of training
+    steps (None: DEFAULT_MINUTES), draws ``num_samples`` volumes with the config's sampler, each with
+    the group of a training scan drawn from its seed (``--match-training``), and evaluates them
+    against the held-out quarter, both preprocessed with the run's transforms, with the condition
+    check of the group. ``threads``: torch CPU threads while the demo runs (None: every core this
+    process may use, ``available_cores()``; the previous setting is restored afterwards).
+    ``on_step`` receives training's StepLog; ``on_volumes`` and ``on_sample_step`` are sampling's
+    progress callbacks.
     """
     from medddpm.config import build_config
     from medddpm.evaluation.evaluate import evaluate
-    from medddpm.inference.sample_to_folder import sample_to_folder
+    from medddpm.inference.sample_to_folder import ConditionRequest, sample_to_folder
     from medddpm.output_folder import DEMO_FOLDER, prepare_output
     from medddpm.runtime import available_cores, stopwatch, torch_threads
     from medddpm.training.loop import train
@@ -332,7 +389,14 @@ def run_demo(
 
         with stage("train"):
             log(f"Training for {minutes:g} minutes ({threads} CPU thread{'s' if threads > 1 else ''}) ...")
-            trained = train(cfg, cohort.train_dir, output / "run", log=log, on_step=on_step)
+            trained = train(
+                cfg,
+                cohort.train_dir,
+                output / "run",
+                conditions=cohort.train_conditions,
+                log=log,
+                on_step=on_step,
+            )
         if trained.interrupted or trained.checkpoint is None:
             raise KeyboardInterrupt
 
@@ -343,6 +407,7 @@ def run_demo(
                 num_samples,
                 seed=seed,
                 device=device,
+                conditions=ConditionRequest(match_training=cohort.train_conditions is not None),
                 log=log,
                 on_volumes=on_volumes,
                 on_step=on_sample_step,
@@ -356,6 +421,7 @@ def run_demo(
                 output / "report",
                 run_dir=trained.run_dir,
                 device=device,
+                conditions=cohort.heldout_conditions,
                 log=log,
             )
             like = likeness(cfg, cohort, sampled.files)

@@ -55,6 +55,31 @@ def test_cohort_is_real_ras_nifti_with_the_stated_spacing_and_deterministic(tmp_
     assert record["n_heldout"] == 1 and record["spacing_mm"] == [12.0] * 3 and record["seed"] == 3
 
 
+def test_cohort_groups_differ_in_head_volume_and_are_written_as_train_tables(tmp_path: Path):
+    from medddpm.data.conditions import match_table
+
+    cohort = make_cohort(tmp_path, n_subjects=12, image_size=16, seed=0)
+    splits = ((cohort.train, cohort.train_conditions), (cohort.heldout, cohort.heldout_conditions))
+    for files, table in splits:
+        matched = match_table(table, files, files[0].parent)  # what train and evaluate read
+        assert [r["group"] for r in matched.rows] == [
+            "large" if int(f.name[8:11]) % 2 == 0 else "small" for f in files
+        ]
+    assert matched.spec.variables[0].categories == ("large", "small") and len(matched.rows) == 3
+
+    def head_volume(path: Path) -> float:
+        """Voxels above a quarter of the scan's 99th percentile (intensities vary with the subject)."""
+        data = np.asarray(nib.load(str(path)).dataobj)
+        return float((data > 0.25 * np.percentile(data, 99)).sum())
+
+    volumes: dict[str, list[float]] = {"large": [], "small": []}
+    for i, path in enumerate(cohort.train + cohort.heldout):
+        volumes["large" if i % 2 == 0 else "small"].append(head_volume(path))
+    large, small = np.mean(volumes["large"]), np.mean(volumes["small"])
+    assert small / large < 0.8  # 0.88³ = 0.68 by construction
+    assert max(volumes["small"]) < min(volumes["large"])  # no overlap between the groups
+
+
 def test_demo_command_end_to_end_on_the_tiny_config(tmp_path: Path, capsys, monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # what the command sets, restored afterwards
     out = tmp_path / "demo"
@@ -73,6 +98,14 @@ def test_demo_command_end_to_end_on_the_tiny_config(tmp_path: Path, capsys, monk
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert metrics["n_real"] == 2 and metrics["n_synthetic"] == 4
     assert np.isfinite(metrics["fid"]) and 0 <= metrics["ms_ssim_synthetic"] <= 1
+    # trained on the cohort's groups, sampled in their proportions, checked against the held-out table
+    meta = next((out / "run" / "checkpoints").glob("step-*/meta.json"))
+    assert "conditioning" in json.loads(meta.read_text())
+    sidecar = json.loads((out / "samples" / "sample_0000.json").read_text())
+    assert sidecar["conditions"]["group"] in ("large", "small")
+    (check,) = metrics["conditions"]["check"]
+    assert check["variable"] == "group" and check["n_real"] == 2  # one scan a group: too few to check
+    assert "at least 2 categories with 2 volumes" in check["unavailable"]
     assert str(out / "report" / "report.html") in stderr.replace("\n", "")
     assert "samples preview" in stderr
     likeness = re.search(r"synthetic (-?[\d.]+), held-out real\s+scans (-?[\d.]+)", stdout)
@@ -113,7 +146,7 @@ def fake_stages(monkeypatch) -> dict[str, list[int]]:
         record("cohort", out_dir)
         return Cohort(out_dir, [out_dir / "a.nii.gz"], [out_dir / "b.nii.gz"], image_size, 12.0)
 
-    def train(cfg, data_dir, run_dir, log, on_step):
+    def train(cfg, data_dir, run_dir, log, on_step, conditions=None):
         record("train", run_dir)
         return SimpleNamespace(run_dir=run_dir, step=3, checkpoint=run_dir / "step-3", interrupted=False)
 

@@ -74,6 +74,8 @@ def demo(
         )
     out = Console(highlight=False)
     out.print(summary_table(result.metrics))
+    for check in (result.metrics.get("conditions") or {}).get("check", []):
+        console.print(check["sentence"], markup=False, highlight=False)
     out.print(
         f"Nearest-training correlation (median): synthetic {result.likeness['synthetic']:.3f}, held-out real "
         f"scans {result.likeness['heldout']:.3f} (how like a training scan; medddpm audit checks for copies)"

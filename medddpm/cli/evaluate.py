@@ -41,6 +41,14 @@ def evaluate(
     save_features: Annotated[
         bool, typer.Option("--save-features", help="Also write features.npz (arrays real, synthetic).")
     ] = False,
+    conditions: Annotated[
+        Path | None,
+        typer.Option(
+            "--conditions",
+            help="The real scans' conditions, a CSV table in train's format: metrics per stratum and a "
+            "check that the samples obey the conditions they were drawn with (read from their sidecars).",
+        ),
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an earlier report in OUTPUT.")
@@ -66,8 +74,11 @@ def evaluate(
             feature_weights=feature_weights,
             device=device,
             save_features=save_features,
+            conditions=conditions,
             overwrite=overwrite,
             log=print_message,
         )
     Console(highlight=False).print(summary_table(result.metrics))
+    for check in (result.metrics.get("conditions") or {}).get("check", []):
+        console.print(check["sentence"], markup=False, highlight=False)
     console.print(f"[green]Report:[/] {result.html}")

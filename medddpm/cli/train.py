@@ -110,7 +110,7 @@ def train(
     if dry_run:
         from medddpm.cli.dry_run import dry_run as run_dry
 
-        run_dry(cfg, data_dir, console)
+        run_dry(cfg, data_dir, console, conditions)
         return
 
     from medddpm.training.loop import train as run_training

@@ -2,6 +2,8 @@
 
 - ``features``: feature networks (MedicalNet-style 3D ResNets); ``metrics``: metrics as pure functions;
 - ``reconstruction``: an autoencoder's reconstruction against its scan (PSNR, SSIM, MAE, correlation);
+- ``conditions``: each set's per-file conditions, metrics per stratum and the condition check (a
+  classifier / regressor on the real features predicting what each sample requested);
 - ``specs``: the table of reported metrics (key, label, direction, format, caveat, summary wording)
   that every output below reads;
 - ``measure``: two folders -> every number of metrics.json, as a typed result (the measuring side);

@@ -50,23 +50,33 @@ def evaluate(
     feature_weights: str | Path | None = None,
     device: str = "auto",
     save_features: bool = False,
+    conditions: str | Path | None = None,
     overwrite: bool = False,
     log: Callable[[str], None] = _no_log,
 ) -> EvaluationResult:
     """Compare the scans below ``synth_dir`` with those below ``real_dir``; write REPORT_DIR.
 
-    ``cfg``, ``run_dir``, ``feature_weights``, ``device`` and ``log`` are those of ``measure`` (cfg None:
-    the run's eval section, or the defaults). ``save_features`` also writes features.npz (arrays
-    real [N, F] and synthetic [M, F]). Raises InputError, with nothing written, for bad input: an empty
-    folder, a set of one, differing shapes, a bad weights file, a corrupt scan, or a report folder
-    that is not empty (without ``overwrite``) or overlaps an input folder.
+    ``cfg``, ``run_dir``, ``feature_weights``, ``device``, ``conditions`` and ``log`` are those of
+    ``measure`` (cfg None: the run's eval section, or the defaults). ``save_features`` also writes
+    features.npz (arrays real [N, F] and synthetic [M, F]). Raises InputError, with nothing written,
+    for bad input: an empty folder, a set of one, differing shapes, a bad weights file, a corrupt
+    scan, or a report folder that is not empty (without ``overwrite``) or overlaps an input folder;
+    with ``conditions``, a table that does not match the real scans, or synthetic scans that carry
+    no conditions.
     """
     started = time.perf_counter()
     report_dir = Path(report_dir)
     check_output(report_dir, REPORT_FOLDER, overwrite=overwrite, inputs=[Path(real_dir), Path(synth_dir)])
     cfg = eval_config(run_dir) if cfg is None else cfg
     m = measure(
-        real_dir, synth_dir, cfg, run_dir=run_dir, feature_weights=feature_weights, device=device, log=log
+        real_dir,
+        synth_dir,
+        cfg,
+        run_dir=run_dir,
+        feature_weights=feature_weights,
+        device=device,
+        conditions=conditions,
+        log=log,
     )
     metrics, seconds = m.metrics, m.seconds
 

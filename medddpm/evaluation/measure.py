@@ -10,6 +10,8 @@
 3. Feature-space metrics on features [N, F] (medddpm.evaluation.features): FID, MMD², precision / recall /
    density / coverage; image-space diversity: mean pairwise MS-SSIM within each set. Which values
    metrics.json holds, and what is said about each, is medddpm.evaluation.specs.METRICS.
+   With a real set's conditions table, also the metrics per stratum and the condition check
+   (medddpm.evaluation.conditions), under metrics.json's ``conditions``.
 
 Preprocessing. Real and synthetic volumes must be compared at one size, orientation and intensity
 scale, so both go through one transform (medddpm.data.transforms.build_transforms), then [-1, 1] -> [0, 1]:
@@ -52,11 +54,18 @@ import torch
 from scipy import linalg
 from threadpoolctl import threadpool_limits
 
-from medddpm.config import DataConfig, EvalConfig, build_config, load_config
+from medddpm.config import ConditionsConfig, DataConfig, EvalConfig, build_config, load_config
+from medddpm.data.conditions import TrainingConditions, Value, match_table
 from medddpm.data.nifti import read_scan
 from medddpm.data.scans import discover_scans
 from medddpm.data.transforms import build_transforms
 from medddpm.errors import InputError
+from medddpm.evaluation.conditions import (
+    condition_metrics,
+    read_synthetic_conditions,
+    sidecar_path,
+    typed_rows,
+)
 from medddpm.evaluation.features import ARCHITECTURES, FeatureExtractor, build_feature_extractor
 from medddpm.evaluation.metrics import (
     covariance_rank_deficient,
@@ -191,6 +200,53 @@ def eval_config(run_dir: str | Path | None = None, flags: Mapping[str, Any] | No
     if features is not None and features not in ARCHITECTURES:
         raise InputError(f"unknown feature network {features!r}: choose one of {', '.join(ARCHITECTURES)}")
     return build_config(config_file, (), flags).eval
+
+
+@dataclass
+class SetConditions:
+    """Both sets' conditions: the real table matched to the real scans, each synthetic file's request."""
+
+    real: TrainingConditions
+    synthetic: list[dict[str, Value]]
+    """Per synthetic file, in the real table's variables and types (None: unknown)."""
+    synthetic_source: str
+
+
+def conditions_config(run_dir: Path | None) -> ConditionsConfig:
+    """The ``conditions`` section that reads the real table: the run's (its types), or the defaults."""
+    return build_config(None if run_dir is None else run_config_path(run_dir)).conditions
+
+
+def read_set_conditions(
+    table: Path,
+    real_dir: Path,
+    real_files: Sequence[Path],
+    synth_dir: Path,
+    synth_files: Sequence[Path],
+    run_dir: Path | None,
+) -> SetConditions:
+    """The real set's table (train's format, parsed and matched as train does) and the synthetic set's
+    requests (medddpm.evaluation.conditions); InputError, naming the file, when either is unusable."""
+    cc = conditions_config(run_dir)
+    real = match_table(table, real_files, real_dir, cc.types, cc.allow_missing)
+    found = read_synthetic_conditions(synth_dir, synth_files)
+    if found is None:
+        raise InputError(
+            "no synthetic scan carries conditions (no JSON sidecar or manifest.json entry with a requested "
+            "value); sample with --condition, --conditions-csv or --match-training, or drop --conditions",
+            synth_dir,
+        )
+    rows, source = found
+    synthetic = typed_rows(real.spec, rows, [sidecar_path(Path(f)) for f in synth_files])
+    return SetConditions(real, synthetic, source)
+
+
+def _synthetic_conditions_unused(synth_dir: Path, synth_files: Sequence[Path]) -> bool:
+    """Whether the synthetic scans carry conditions that no --conditions table lets us use."""
+    try:
+        return read_synthetic_conditions(synth_dir, synth_files) is not None
+    except InputError:
+        return False
 
 
 def check_options(cfg: EvalConfig, device: str) -> None:
@@ -423,6 +479,7 @@ def measure(
     run_dir: str | Path | None = None,
     feature_weights: str | Path | None = None,
     device: str = "auto",
+    conditions: str | Path | None = None,
     log: Callable[[str], None] = _no_log,
 ) -> Measurement:
     """Every number of metrics.json for the scans below ``real_dir`` and ``synth_dir``; nothing is written.
@@ -431,7 +488,9 @@ def measure(
     the run's section or the defaults. ``cfg.seed`` seeds the random-init feature network and the MS-SSIM
     pair subset. ``run_dir``: preprocess both sets with the run's data section (see the module docstring).
     ``feature_weights``: a MedicalNet checkpoint (None: a random-init network). ``device``: auto, cpu or
-    cuda. ``log`` receives plain-text progress messages.
+    cuda. ``conditions``: the real set's table in train's format; the synthetic set's conditions are read
+    from the sidecars ``medddpm sample`` wrote (medddpm.evaluation.conditions). ``log`` receives plain-text
+    progress messages.
     """
     real_dir, synth_dir = Path(real_dir), Path(synth_dir)
     run_dir = None if run_dir is None else Path(run_dir)
@@ -447,6 +506,11 @@ def measure(
     real_files, synth_files = discover_scans(real_dir), discover_scans(synth_dir)
     check_set_size("real", real_dir, real_files)
     check_set_size("synthetic", synth_dir, synth_files)
+    set_conditions = None
+    if conditions is not None:
+        set_conditions = read_set_conditions(
+            Path(conditions), real_dir, real_files, synth_dir, synth_files, run_dir
+        )
     extractor = build_feature_extractor(cfg.features, feature_weights, seed=cfg.seed, device=torch_device)
     if torch_device.type == "cpu":
         # MONAI's 3D ResNet runs about 25% faster on CPU in the channels-last layout (same weights).
@@ -480,6 +544,20 @@ def measure(
             threads_each=max(1, workers // 2),
         )
 
+    condition_results = None
+    if set_conditions is not None:
+        log("Conditions: metrics per stratum and the condition check")
+        with stage("conditions"):
+            condition_results = condition_metrics(
+                set_conditions.real,
+                set_conditions.synthetic,
+                set_conditions.synthetic_source,
+                features,
+                lambda r, s: feature_metrics(r, s, cfg.nearest_k),
+                seed=cfg.seed,
+            )
+    unused = set_conditions is None and _synthetic_conditions_unused(synth_dir, synth_files)
+
     inputs = MetricInputs(
         volumes={"real": real.volumes, "synthetic": synth.volumes},
         features=features,
@@ -496,6 +574,8 @@ def measure(
         prep=prep,
         run_dir=run_dir,
         device=torch_device,
+        conditions=condition_results,
+        conditions_unused=unused,
     )
     return Measurement(
         metrics=metrics,
@@ -519,11 +599,14 @@ def metrics_json(
     prep: Preprocessing,
     run_dir: Path | None,
     device: torch.device,
+    conditions: dict[str, Any] | None = None,
+    conditions_unused: bool = False,
 ) -> dict[str, Any]:
     """metrics.json's content: each metric of specs.METRICS, then what it was measured on and with.
 
     Plain types only, in the file's documented order (the metrics' values first, then the set sizes,
-    the intervals, the settings of each metric, the feature network, preprocessing, inputs and versions).
+    the intervals, the settings of each metric, the feature network, preprocessing, inputs and versions;
+    then, with a conditions table only, ``conditions``: medddpm.evaluation.conditions.condition_metrics).
     """
     f, ms_ssim = inputs.feature_metrics, inputs.ms_ssim
     metrics: dict[str, Any] = {spec.key: spec.value(inputs) for spec in METRICS.values()}
@@ -564,7 +647,15 @@ def metrics_json(
             "version": _versions(),
         }
     )
+    if conditions is not None:  # only with a conditions table: other reports keep the keys they had
+        metrics["conditions"] = conditions
     metrics["caveats"] = caveats(metrics)
+    if conditions_unused:
+        metrics["caveats"].append(
+            "The synthetic scans carry the conditions they were sampled with, but no table of the real "
+            "scans' conditions was given: pass --conditions TABLE.csv (train's format) for metrics per "
+            "stratum and a check that the samples obey their conditions."
+        )
     return metrics
 
 

@@ -196,6 +196,121 @@ def _mm(values: Sequence[float]) -> str:
     return " × ".join(f"{v:.3g}" for v in values)
 
 
+# --------------------------------------------------------------------------------------------------
+# Conditions: the condition check and the metrics per stratum (metrics.json's "conditions")
+# --------------------------------------------------------------------------------------------------
+
+CONDITIONS_INTRO = (
+    "For each variable, a simple model learns it from the real volumes' features; its cross-validated "
+    "score there is what a perfectly obeyed condition would reach. It then predicts each synthetic "
+    "volume's variable, scored against what the sample was asked for: a condition the model ignores "
+    "scores near chance."
+)
+
+
+def _score(entry: dict[str, Any], side: str) -> str:
+    score = entry[side]
+    if score is None:
+        return "–"
+    if entry["kind"] == "categorical":
+        return f"accuracy {score['accuracy']:.0%} (chance {score['chance']:.0%})"
+    r = "undefined" if score["r"] is None else f"{score['r']:.2f}"
+    return f"r = {r}, MAE {score['mae']:.3g}"
+
+
+def _number(value: Any, fmt: str = "{:.3g}") -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def condition_rows(m: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The condition check as rows: variable, real (cross-validated), synthetic, reading."""
+    return [
+        (f"{e['variable']} ({e['kind']})", _score(e, "real_cv"), _score(e, "synthetic"), e["reading"])
+        for e in m["conditions"]["check"]
+    ]
+
+
+def stratum_rows(m: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The metrics per stratum as rows: stratum, volumes real / synthetic, FID, MMD², precision, recall."""
+    rows = []
+    for s in m["conditions"]["strata"]:
+        values = (
+            [_number(s["fid"], "{:.4g}"), _number(s["mmd"], "{:.4f}")]
+            + [_number(s[k], "{:.2f}") for k in ("precision", "recall")]
+            if s["skipped"] is None
+            else ["not measured: " + s["skipped"], "", "", ""]
+        )
+        rows.append((f"{s['variable']} = {s['category']}", f"{s['n_real']} / {s['n_synthetic']}", *values))
+    return rows
+
+
+STRATUM_HEADER = ("Stratum", "Volumes real / synthetic", "FID ↓", "MMD² ↓", "Precision ↑", "Recall ↑")
+CHECK_HEADER = ("Variable", "Real volumes (cross-validated)", "Synthetic volumes (vs request)", "Reading")
+
+
+def _conditions_source(m: dict[str, Any]) -> str:
+    c = m["conditions"]
+    return (
+        f"Real volumes' conditions from {Path(c['real_table']).name}; synthetic volumes' from their "
+        f"{c['synthetic_source']}. Strata are the categories of categorical variables, measured when each "
+        f"set holds at least {c['min_stratum_volumes']} volumes of it."
+    )
+
+
+def _conditions_html(m: dict[str, Any]) -> str:
+    if not m.get("conditions"):
+        return ""
+    e = html.escape
+
+    def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+        head = "".join(f"<th>{e(h)}</th>" for h in header)
+        cell = "<td>{}</td>"
+        body = "\n".join("<tr>" + "".join(cell.format(e(c)) for c in r) + "</tr>" for r in rows)
+        return f"<table>\n<tr>{head}</tr>\n{body}\n</table>"
+
+    sentences = "\n".join(f"<p>{e(c['sentence'])}</p>" for c in m["conditions"]["check"])
+    return f"""
+<h2>Conditions</h2>
+<p class="subtitle">{e(_conditions_source(m))}</p>
+<h3>Condition check</h3>
+<p>{e(CONDITIONS_INTRO)}</p>
+{table(CHECK_HEADER, condition_rows(m))}
+{sentences}
+<h3>Metrics per stratum</h3>
+{table(STRATUM_HEADER, stratum_rows(m))}
+"""
+
+
+def _conditions_markdown(m: dict[str, Any]) -> list[str]:
+    if not m.get("conditions"):
+        return []
+
+    def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+        return [
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+            *("| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows),
+        ]
+
+    return [
+        "## Conditions",
+        "",
+        _conditions_source(m),
+        "",
+        "### Condition check",
+        "",
+        CONDITIONS_INTRO,
+        "",
+        *table(CHECK_HEADER, condition_rows(m)),
+        "",
+        *(x for c in m["conditions"]["check"] for x in (c["sentence"], "")),
+        "### Metrics per stratum",
+        "",
+        *table(STRATUM_HEADER, stratum_rows(m)),
+        "",
+    ]
+
+
 CSS = """
 body { font-family: -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif; color: #1d2330;
        max-width: 1080px; margin: 2rem auto; padding: 0 1.5rem; line-height: 1.5; background: #fff; }
@@ -285,6 +400,7 @@ def _html(m: dict[str, Any], images: dict[str, Path]) -> str:
 {rows}
 </table>
 <p class="subtitle">Read each number with the caveats below; metrics.json beside this file has them all.</p>
+{_conditions_html(m)}
 
 <h2>Volumes</h2>
 <div class="figures">
@@ -342,6 +458,7 @@ def _markdown(m: dict[str, Any], images: dict[str, Path]) -> str:
             for spec in table_rows()
         ),
         "",
+        *_conditions_markdown(m),
         "## Volumes",
         "",
         "| Real | Synthetic |",

@@ -74,6 +74,28 @@ def test_dry_run_prints_plan_and_writes_nothing(scan_dir: Path, tmp_path: Path, 
     assert not (tmp_path / "run").exists()
 
 
+def test_dry_run_shows_the_conditioning_and_the_parameters_it_adds(scan_dir: Path, tmp_path: Path, capsys):
+    table = tmp_path / "conditions.csv"
+    table.write_text("file,sex,age\nsubject_0,F,61\nsubject_1,M,70\nsubject_2,F,48\nsubject_3,F,55\n")
+    args = ["train", str(scan_dir), "--output", str(tmp_path / "run"), "--config", "tiny", "--dry-run"]
+    code, out, err = run_cli([*args, "--conditions", str(table)], capsys)
+    assert code == 0, err
+    text = " ".join(err.split())
+    assert "sex: categorical, 2 categories: F (3), M (1)" in text
+    assert "age: continuous, mean 58.5" in text and "range [48, 70]" in text
+    # by hand: width W = 4 x 8 (MONAI's time embedding of tiny's first level); sex: an embedding of
+    # 2 + 1 rows; age: Linear(1, W), Linear(W, W) and an "unknown" vector
+    w = 32
+    added = 3 * w + (2 * w) + (w * w + w) + w
+    assert f"embeddings of width {w}" in text and f"{added:,} parameters added" in text
+    assert not (tmp_path / "run").exists()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,sex\nsubject_0,F\n")
+    code, out, err = run_cli([*args, "--conditions", str(bad)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no row for scan" in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_then_resume_through_cli(scan_dir: Path, tmp_path: Path, capsys):
     run = str(tmp_path / "run")
     assert (
