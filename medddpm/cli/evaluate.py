@@ -70,4 +70,6 @@ def evaluate(
             log=print_message,
         )
     Console(highlight=False).print(summary_table(result.metrics))
+    if result.metrics.get("autoencoder_ceiling") is not None:  # a latent run: how much is the autoencoder
+        console.print(result.metrics["autoencoder_ceiling"]["summary"], highlight=False)
     console.print(f"[green]Report:[/] {result.html}")
