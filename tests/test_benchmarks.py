@@ -57,6 +57,25 @@ def test_bench_train_smallest(tmp_path: Path, capsys):
     assert "ratio medddpm / tutorial" in capsys.readouterr().out
 
 
+def test_bench_spaces_smallest(tmp_path: Path, capsys):
+    bench = load("bench_spaces")
+    out = tmp_path / "spaces.json"
+    args = ["--config", "tiny", "--sizes", "16", "--steps", "1", "--repeats", "1", "--sample-steps", "2"]
+    args += ["--set", "autoencoder.channels=[8,16]", "--set", "autoencoder.norm_num_groups=4"]
+    args += ["--set", "autoencoder.patch_size=16", "--num-scans", "2", "--device", "cpu", "--json", str(out)]
+    (results,) = bench.main(args).values()
+    assert [r.space for r in results] == ["pixel", "wavelet", "latent"]
+    # what the U-Net sees: the volume, 8 Haar bands at half size, 4 latent channels at 1/f (f = 2 here)
+    assert [r.unet_input for r in results] == [[1, 16, 16, 16], [8, 8, 8, 8], [4, 8, 8, 8]]
+    for r in results:
+        assert r.seconds_per_step > 0 and r.seconds_per_volume > 0
+        assert r.train_peak_gib > 0 and r.sample_peak_gib > 0
+    assert results[2].encode_seconds_per_scan > 0 and results[0].encode_seconds_per_scan is None
+    saved = json.loads(out.read_text())
+    assert [r["space"] for r in saved["results"]["16"]] == ["pixel", "wavelet", "latent"]
+    assert "| latent | 4 × 8×8×8 |" in capsys.readouterr().out
+
+
 OOM_MESSAGE = (
     "CUDA out of memory. Tried to allocate 16.00 GiB. GPU 0 has a total capacity of 139.81 GiB of "
     "which 9.62 GiB is free. Including non-PyTorch memory, this process has 126.0 GiB memory in use."

@@ -1,5 +1,6 @@
 """examples/api_usage.py runs as its docstring says, and prints clean lines (no rich markup)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from tests.conftest import blob_volume, write_nifti
 from tests.test_layout import MARKUP
@@ -39,3 +41,26 @@ def test_api_usage_runs_and_prints_plain_lines(tmp_path: Path):
     assert (tmp_path / "out" / "report" / "report.html").is_file()
     marked = [line for line in lines if MARKUP.search(line)]
     assert not marked, f"library messages carry rich markup: {marked}"
+
+
+@pytest.mark.slow
+def test_latent_demo_runs_at_its_smallest_settings(tmp_path: Path):
+    pytest.importorskip("nilearn")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["--size", "16", "--subjects", "6", "--max-steps", "2", "--num", "2", "--threads", "1"]
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "latent_demo.py"), str(tmp_path / "out"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("Autoencoder, held-out scans: correlation ") for line in lines)
+    assert any(line.startswith("Autoencoder ceiling: ") for line in lines)
+    out = tmp_path / "out"
+    assert json.loads((out / "ae" / "reconstruction.json").read_text())["held_out"] == 1
+    assert len(list((out / "samples").glob("sample_*.nii.gz"))) == 2
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert metrics["autoencoder_ceiling"]["n"] == 2  # the held-out quarter of 6 subjects
+    assert any(line.startswith("Report: ") and "report.html" in line for line in lines)

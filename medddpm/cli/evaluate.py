@@ -81,4 +81,6 @@ def evaluate(
     Console(highlight=False).print(summary_table(result.metrics))
     for check in (result.metrics.get("conditions") or {}).get("check", []):
         console.print(check["sentence"], markup=False, highlight=False)
+    if result.metrics.get("autoencoder_ceiling") is not None:  # a latent run: how much is the autoencoder
+        console.print(result.metrics["autoencoder_ceiling"]["summary"], highlight=False)
     console.print(f"[green]Report:[/] {result.html}")

@@ -12,6 +12,9 @@
    metrics.json holds, and what is said about each, is medddpm.evaluation.specs.METRICS.
    With a real set's conditions table, also the metrics per stratum and the condition check
    (medddpm.evaluation.conditions), under metrics.json's ``conditions``.
+4. With ``run_dir`` of a latent run only: the autoencoder's ceiling (medddpm.evaluation.ceiling), the
+   real scans encoded and decoded by the run's autoencoder and compared with the real set by the same
+   feature metrics, metrics.json's ``autoencoder_ceiling``.
 
 Preprocessing. Real and synthetic volumes must be compared at one size, orientation and intensity
 scale, so both go through one transform (medddpm.data.transforms.build_transforms), then [-1, 1] -> [0, 1]:
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -58,8 +62,16 @@ from medddpm.config import ConditionsConfig, DataConfig, EvalConfig, build_confi
 from medddpm.data.conditions import TrainingConditions, Value, match_table
 from medddpm.data.nifti import read_scan
 from medddpm.data.scans import discover_scans
-from medddpm.data.transforms import build_transforms
+from medddpm.data.transforms import IntensityMapping, build_transforms
 from medddpm.errors import InputError
+from medddpm.evaluation.ceiling import (
+    FEATURE_KEYS,
+    ceiling_sentence,
+    gap_share,
+    latent_space_of,
+    paired_measures,
+    write_reconstructions,
+)
 from medddpm.evaluation.conditions import (
     condition_metrics,
     read_synthetic_conditions,
@@ -76,6 +88,7 @@ from medddpm.evaluation.metrics import (
     prdc,
 )
 from medddpm.evaluation.specs import METRICS, MetricInputs, table_rows
+from medddpm.models.spaces import SpaceEntry
 from medddpm.runtime import library_versions, resolve_device, stopwatch, torch_threads
 
 MIN_VOLUMES = 2
@@ -153,6 +166,8 @@ class Measurement:
     """Wall time of each stage."""
     cpu_seconds: dict[str, float]
     """CPU time of each stage, all threads of this process (what a busy machine does not change)."""
+    reconstructions: VolumeSet | None = None
+    """A latent run's reconstructions of the real set (the autoencoder's ceiling); None otherwise."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -445,6 +460,13 @@ def caveats(metrics: dict[str, Any]) -> list[str]:
         "None of these metrics detects memorisation: a model that reproduces its training scans scores as "
         "well as one that generalises. Compare synthetic volumes with their nearest training scans for that."
     )
+    if metrics.get("autoencoder_ceiling") is not None:
+        notes.append(
+            "The autoencoder ceiling compares each real scan's reconstruction with the real set it came "
+            f"from ({metrics['n_real']} against {metrics['n_real']} volumes, paired): the floor under what a "
+            "latent model can reach, not a sample of one. Its FID is biased like the synthetic set's only at "
+            "equal numbers of volumes; evaluate as many synthetic as real volumes to compare the two closely."
+        )
     notes.append(f"Both sets were preprocessed alike: {metrics['preprocessing']['description']}.")
     spacing = metrics["inputs"]["voxel_size_mm"]
     if metrics["preprocessing"]["data"]["spacing"] is None and not np.allclose(
@@ -500,6 +522,7 @@ def measure(
 
     # 1. Options, inputs and the feature network --------------------------------------------------------
     prep = resolve_preprocessing(run_dir)
+    latent = latent_space_of(run_dir)  # a latent run's autoencoder, its sha256 checked; else None
     cfg = eval_config(run_dir) if cfg is None else cfg
     check_options(cfg, device)
     torch_device = resolve_device(device)
@@ -564,6 +587,15 @@ def measure(
         feature_metrics=metrics_f,
         ms_ssim={"real": ssim_real, "synthetic": ssim_synth},
     )
+
+    # 4. A latent run's autoencoder ceiling ---------------------------------------------------------------
+    ceiling, reconstructions = None, None
+    if latent is not None:
+        log(f"Autoencoder ceiling: encoding and decoding the {len(real_files)} real scans")
+        with stage("autoencoder_ceiling"):
+            ceiling, reconstructions = autoencoder_ceiling(
+                *latent, real, features["real"], extractor, prep, cfg.nearest_k, torch_device, workers
+            )
     metrics = metrics_json(
         inputs,
         real,
@@ -576,6 +608,7 @@ def measure(
         device=torch_device,
         conditions=condition_results,
         conditions_unused=unused,
+        ceiling=ceiling,
     )
     return Measurement(
         metrics=metrics,
@@ -585,7 +618,47 @@ def measure(
         ms_ssim_values={"real": ssim_real["values"], "synthetic": ssim_synth["values"]},
         seconds=seconds,
         cpu_seconds=cpu_seconds,
+        reconstructions=reconstructions,
     )
+
+
+def autoencoder_ceiling(
+    space: SpaceEntry,
+    sha256: str,
+    real: VolumeSet,
+    real_features: np.ndarray,
+    extractor: FeatureExtractor,
+    prep: Preprocessing,
+    nearest_k: int,
+    device: torch.device,
+    workers: int = 1,
+) -> tuple[dict[str, Any], VolumeSet]:
+    """Step 4: the real set's reconstructions through a latent run's ``space`` (its autoencoder of
+    ``sha256``; medddpm.evaluation.ceiling) against the real set: the feature metrics, the paired
+    measures, and the reconstructions, read back as synthetic files are (written to a temporary folder
+    in output units, then ``prep``).
+
+    The dict is metrics.json's ``autoencoder_ceiling`` without the share of the synthetic FID, which
+    metrics_json adds.
+    """
+    with tempfile.TemporaryDirectory(prefix="medddpm-ceiling-") as tmp:
+        mapping = IntensityMapping.from_config(prep.data)
+        files = write_reconstructions(space, real.volumes, mapping, real.spacing, Path(tmp), device)
+        loaded = load_set("reconstruction", Path(tmp), files, prep, workers)
+    recon = VolumeSet("reconstruction", real.folder, list(real.files), loaded.volumes, loaded.spacing)
+    f = feature_metrics(real_features, extract_features(extractor, recon.volumes, workers), nearest_k)
+    ceiling = {key: f[key] for key in FEATURE_KEYS}
+    ceiling.update(
+        {
+            "prdc_unavailable": f["prdc_unavailable"],
+            "n": len(real.files),
+            "reconstruction": paired_measures(real.volumes, recon.volumes),
+            "reconstruction_scale": "the evaluation's [0, 1] scale (data range 1), mean over scans",
+            "autoencoder_sha256": sha256,
+            "scale_factor": space.scale_factor,
+        }
+    )
+    return ceiling, recon
 
 
 def metrics_json(
@@ -601,12 +674,15 @@ def metrics_json(
     device: torch.device,
     conditions: dict[str, Any] | None = None,
     conditions_unused: bool = False,
+    ceiling: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """metrics.json's content: each metric of specs.METRICS, then what it was measured on and with.
 
     Plain types only, in the file's documented order (the metrics' values first, then the set sizes,
     the intervals, the settings of each metric, the feature network, preprocessing, inputs and versions;
     then, with a conditions table only, ``conditions``: medddpm.evaluation.conditions.condition_metrics).
+    ``ceiling``: a latent run's autoencoder ceiling (autoencoder_ceiling), written as
+    ``autoencoder_ceiling`` with its share of the synthetic FID and its sentence; absent otherwise.
     """
     f, ms_ssim = inputs.feature_metrics, inputs.ms_ssim
     metrics: dict[str, Any] = {spec.key: spec.value(inputs) for spec in METRICS.values()}
@@ -649,6 +725,13 @@ def metrics_json(
     )
     if conditions is not None:  # only with a conditions table: other reports keep the keys they had
         metrics["conditions"] = conditions
+    if ceiling is not None:
+        metrics["autoencoder_ceiling"] = {
+            **ceiling,
+            "fid_synthetic": metrics["fid"],
+            "share_of_synthetic_fid": gap_share(ceiling["fid"], metrics["fid"]),
+        }
+        metrics["autoencoder_ceiling"]["summary"] = ceiling_sentence(metrics)
     metrics["caveats"] = caveats(metrics)
     if conditions_unused:
         metrics["caveats"].append(

@@ -36,6 +36,8 @@ FIGURES = {
     "histograms": "intensity_histograms.png",
     "ms_ssim": "ms_ssim_distributions.png",
 }
+RECONSTRUCTION_FIGURE = "montage_reconstruction.png"
+"""Drawn only for a latent run: its autoencoder's reconstructions of the real set (the ceiling)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -54,7 +56,25 @@ def summary_text(m: dict[str, Any]) -> str:
         sentence = spec.summary(m) if spec.summary is not None else None
         if sentence:
             parts.append(sentence)
+    if m.get("autoencoder_ceiling") is not None:
+        parts.append(m["autoencoder_ceiling"]["summary"])
     return " ".join(parts)
+
+
+def ceiling_rows(m: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """A latent run's autoencoder ceiling beside the synthetic set: (metric, synthetic vs real,
+    reconstruction vs real, direction) for each metric both have; [] without a ceiling."""
+    c = m.get("autoencoder_ceiling")
+    if c is None:
+        return []
+    rows = [(s.label, s.format(m), s.format(c), s.direction) for s in table_rows() if s.key in c]
+    r = c["reconstruction"]
+    paired = ", ".join(
+        f"{name} {r[key]:.4g}" if r[key] is not None else f"{name} unavailable"
+        for name, key in (("PSNR", "psnr"), ("SSIM", "ssim"), ("MAE", "mae"), ("r", "correlation"))
+    )
+    rows.append(("Reconstruction vs its scan", "", paired, "per scan, mean"))
+    return rows
 
 
 def summary_table(metrics: dict[str, Any]) -> Table:
@@ -346,6 +366,8 @@ CAPTIONS = {
     "narrower synthetic curve means intensities the model did not learn.",
     "ms_ssim": "MS-SSIM of pairs within each set (dashed: means). The synthetic distribution should sit "
     "where the real one does; far to the right means samples that look alike.",
+    "montage_reconstruction": "The first real volumes encoded and decoded by the run's autoencoder, after "
+    "the same preprocessing: the best any diffusion model in its latent space can draw.",
 }
 
 
@@ -376,6 +398,22 @@ def _html(m: dict[str, Any], images: dict[str, Path]) -> str:
         for spec in table_rows()
     )
     caveats = "\n".join(f"<li>{e(c)}</li>" for c in m["caveats"])
+    ceiling = ""
+    if m.get("autoencoder_ceiling") is not None:
+        ceiling_table = "\n".join(
+            f"<tr><td>{e(a)}</td><td class='value'>{e(b)}</td><td class='value'>{e(c)}</td>"
+            f"<td class='direction'>{e(d)}</td></tr>"
+            for a, b, c, d in ceiling_rows(m)
+        )
+        ceiling = f"""
+<h2>Autoencoder ceiling</h2>
+<p class="summary">{e(m["autoencoder_ceiling"]["summary"])}</p>
+<table>
+<tr><th>Metric</th><th>Synthetic vs real</th><th>Reconstruction vs real</th><th>Direction</th></tr>
+{ceiling_table}
+</table>
+<div class="figures single">{img("montage_reconstruction")}</div>
+"""
     settings = "\n".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in _settings(m))
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -402,6 +440,7 @@ def _html(m: dict[str, Any], images: dict[str, Path]) -> str:
 <p class="subtitle">Read each number with the caveats below; metrics.json beside this file has them all.</p>
 {_conditions_html(m)}
 
+{ceiling}
 <h2>Volumes</h2>
 <div class="figures">
 {img("montage_real")}
@@ -433,6 +472,25 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _ceiling_markdown(m: dict[str, Any]) -> list[str]:
+    if m.get("autoencoder_ceiling") is None:
+        return []
+    return [
+        "## Autoencoder ceiling",
+        "",
+        m["autoencoder_ceiling"]["summary"],
+        "",
+        "| Metric | Synthetic vs real | Reconstruction vs real | Direction |",
+        "|---|---|---|---|",
+        *(f"| {a} | {_md_cell(b)} | {_md_cell(c)} | {d} |" for a, b, c, d in ceiling_rows(m)),
+        "",
+        f"![reconstructions]({RECONSTRUCTION_FIGURE})",
+        "",
+        CAPTIONS["montage_reconstruction"],
+        "",
+    ]
+
+
 def _markdown(m: dict[str, Any], images: dict[str, Path]) -> str:
     label, _ = _label_box(m)
     shape = "×".join(str(s) for s in m["inputs"]["volume_shape"])
@@ -459,6 +517,7 @@ def _markdown(m: dict[str, Any], images: dict[str, Path]) -> str:
         ),
         "",
         *_conditions_markdown(m),
+        *_ceiling_markdown(m),
         "## Volumes",
         "",
         "| Real | Synthetic |",
@@ -509,6 +568,9 @@ def write_report(folder: Path, measurement: Measurement) -> dict[str, Path]:
         "histograms": _histograms(real, synth, folder / FIGURES["histograms"]),
         "ms_ssim": _ms_ssim_plot(measurement.ms_ssim_values, metrics, folder / FIGURES["ms_ssim"]),
     }
+    if measurement.reconstructions is not None:  # a latent run: its autoencoder's reconstructions
+        path = folder / RECONSTRUCTION_FIGURE
+        images["montage_reconstruction"] = _montage(measurement.reconstructions, path)
     out = dict(images)
     out["html"] = folder / "report.html"
     out["html"].write_text(_html(metrics, images), encoding="utf-8")

@@ -172,6 +172,7 @@ def test_run_preprocesses_both_sets_with_the_runs_transforms(tiny_run, tmp_path)
     assert code == 0, err
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["inputs"]["run"] == str(tiny_run.resolve())
+    assert "autoencoder_ceiling" not in metrics  # a pixel run has no autoencoder
     assert metrics["inputs"]["volume_shape"] == [16, 16, 16]
     assert "run" in metrics["preprocessing"]["source"]
     assert metrics["preprocessing"]["data"]["image_size"] == [16, 16, 16]

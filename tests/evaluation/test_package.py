@@ -9,7 +9,17 @@ from pathlib import Path
 import medddpm.evaluation
 
 PACKAGE = Path(medddpm.evaluation.__file__).parent
-ORDER = ["features", "metrics", "reconstruction", "conditions", "specs", "measure", "report", "evaluate"]
+ORDER = [
+    "features",
+    "metrics",
+    "reconstruction",
+    "conditions",
+    "ceiling",
+    "specs",
+    "measure",
+    "report",
+    "evaluate",
+]
 """Each module may import only those before it (the package docstring's list)."""
 
 
