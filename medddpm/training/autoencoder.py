@@ -14,7 +14,7 @@ The steps are ``train``'s (``medddpm.training.loop``), with another learner and 
    L1 + kl_weight KL (+ perceptual_weight perceptual) (+ adversarial_weight PatchGAN loss after
    ``adversarial_warmup_steps``) -> clip, AdamW, EMA; then the discriminator's step. Previews show
    original | reconstruction | difference of one held-out scan.
-6. ``measure_held_out``: each held-out scan encoded and decoded whole, tile by tile
+6. ``measure_held_out``: each held-out scan encoded and decoded whole, layer by layer in slabs
    (``decode_tiled``) with the EMA weights, compared in the data's units: AE_DIR/reconstruction.json.
 
 Patches come from a pure function of the stream position (scan order as in ``train``, crop offset
@@ -156,7 +156,7 @@ def train_autoencoder(
 
 
 def check_sizes(cfg: Config) -> None:
-    """Whole volumes are encoded tile by tile: every side must be a multiple of the downsampling."""
+    """Whole volumes are encoded: every side must be a multiple of the downsampling."""
     f = downsampling(cfg.autoencoder)
     if any(s % f for s in cfg.data.image_size):
         raise InputError(
@@ -424,12 +424,11 @@ def perceptual_loss(spec: str | None) -> MedicalNetPerceptual | None:
 
 @torch.no_grad()
 def reconstruct(autoencoder: torch.nn.Module, x: torch.Tensor, cfg: Config, precision: str) -> torch.Tensor:
-    """x [B, 1, D, H, W] encoded (mu) and decoded tile by tile, patch-sized tiles: [B, 1, D, H, W] float32."""
-    window = patch_size(cfg)
-    f = downsampling(cfg.autoencoder)
+    """x [B, 1, D, H, W] encoded (mu) and decoded whole, layer by layer in slabs: [B, 1, D, H, W] float32."""
+    slab_voxels = cfg.autoencoder.slab_voxels
     with autocast(precision, x.device):
-        z = encode_tiled(autoencoder, x, window, overlap=cfg.autoencoder.overlap)
-        out = decode_tiled(autoencoder, z, [w // f for w in window], overlap=cfg.autoencoder.overlap)
+        z = encode_tiled(autoencoder, x, slab_voxels)
+        out = decode_tiled(autoencoder, z, slab_voxels)
     return out.float()
 
 
@@ -469,7 +468,7 @@ def measure_held_out(
     ae_dir: Path,
     step: int,
 ) -> dict[str, Any]:
-    """6. Every held-out scan reconstructed whole (tiled) by the EMA weights and compared in the data's
+    """6. Every held-out scan reconstructed whole (in slabs) by the EMA weights and compared in the data's
     units; written to AE_DIR/reconstruction.json (atomically) and returned."""
     from medddpm.data.transforms import IntensityMapping
     from medddpm.evaluation.reconstruction import compare, ssim_kernel, summarise
@@ -494,7 +493,10 @@ def measure_held_out(
         "held_out": len(held_out),
         "mean": summarise(results),
         "scans": per_scan,
-        "tiling": {"window": list(patch_size(cfg)), "overlap": ac.overlap, "blending": "gaussian"},
+        "tiling": {
+            "method": "layer by layer in slabs, exact (medddpm.models.slabs)",
+            "slab_voxels": ac.slab_voxels,
+        },
         "ssim_kernel": ssim_kernel(cfg.data.image_size),
         "perceptual_loss": ac.perceptual or "none",
         "note": "" if held_out else "no held-out scans (fewer than two scans, or autoencoder.held_out = 0)",
