@@ -32,10 +32,24 @@ def downsampling(ac: AutoencoderConfig) -> int:
     return 2 ** (len(ac.channels) - 1)
 
 
-def build_autoencoder(ac: AutoencoderConfig) -> AutoencoderKL:
+class Autoencoder(AutoencoderKL):
+    """MONAI's AutoencoderKL whose training forward pass can take its posterior noise: ``forward(x, eps)``
+    decodes z = mu + eps * sigma, so that each sample's draw comes from its own seeded generator (the
+    same draws however the batch is split over processes); without ``eps``, MONAI's global-RNG draw.
+    Modules and weights are MONAI's own."""
+
+    def forward(
+        self, x: torch.Tensor, eps: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z_mu, z_sigma = self.encode(x)
+        z = self.sampling(z_mu, z_sigma) if eps is None else z_mu + eps * z_sigma
+        return self.decode(z), z_mu, z_sigma
+
+
+def build_autoencoder(ac: AutoencoderConfig) -> Autoencoder:
     """MONAI's 3D AutoencoderKL (1 channel in and out) as ``ac`` describes it; weights from the global RNG."""
     levels = len(ac.channels)
-    return AutoencoderKL(
+    return Autoencoder(
         spatial_dims=3,
         in_channels=1,
         out_channels=1,
