@@ -353,10 +353,18 @@ class AutoencoderConfig(Section):
     """Perceptual loss from local weights only, 'medicalnet:PATH' (a MedicalNet ResNet file); None: none."""
     held_out: float = 0.1
     """Fraction of scans (at least one of two or more) kept out of training to measure reconstruction on."""
-    overlap: float = 0.5
-    """Sliding-window overlap when a whole volume is encoded or decoded tile by tile."""
+    slab_voxels: int = 65536
+    """Output voxels per convolution call in whole-volume encoding / decoding: bounds the workspace."""
 
     _patch = field_validator("patch_size", mode="before")(lambda v: _triple(v, "patch_size"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_overlap(cls, data: Any) -> Any:
+        """Configs written before slab-wise decoding have a sliding-window ``overlap``; slabs need none."""
+        if isinstance(data, Mapping) and "overlap" in data:
+            data = {k: v for k, v in data.items() if k != "overlap"}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> AutoencoderConfig:
@@ -370,8 +378,8 @@ class AutoencoderConfig(Section):
             raise ValueError("perceptual takes medicalnet:PATH (a local MedicalNet ResNet weights file)")
         if not 0 <= self.held_out < 1:
             raise ValueError("held_out is a fraction in [0, 1)")
-        if not 0 <= self.overlap < 1:
-            raise ValueError("overlap is a fraction in [0, 1)")
+        if self.slab_voxels < 1:
+            raise ValueError("slab_voxels must be at least 1")
         return self
 
 

@@ -170,3 +170,8 @@ def test_a_saved_config_without_a_later_field_means_its_legacy_value(tmp_path):
     assert build_config(path).train.ema_warmup is True
     # A saved config that has the field keeps it.
     assert saved_config_from_dict(Config().to_dict()).train.ema_warmup is True
+
+
+def test_configs_written_before_slab_wise_decoding_still_load():
+    """An autoencoder folder's config.yaml from the sliding-window days names autoencoder.overlap."""
+    assert config_from_dict({"autoencoder": {"overlap": 0.5}}) == Config()

@@ -16,6 +16,7 @@ from medddpm.cli.options import (
     console,
     cpu_threads,
     fail,
+    is_main_process,
     print_message,
     startup_checks,
 )
@@ -85,7 +86,7 @@ def train_autoencoder(
 
     from medddpm.training.autoencoder import train_autoencoder as run_training
 
-    with threads_used, training_progress(enabled=True) as on_step:
+    with threads_used, training_progress(enabled=is_main_process()) as on_step:
         result = run_training(
             cfg,
             data_dir,
@@ -98,4 +99,5 @@ def train_autoencoder(
         )
     if result.interrupted:
         raise typer.Exit(128 + (result.signal or 2))
-    console.print(f"[green]Done:[/] step {result.step}, checkpoint {result.checkpoint}")
+    if is_main_process():
+        console.print(f"[green]Done:[/] step {result.step}, checkpoint {result.checkpoint}")

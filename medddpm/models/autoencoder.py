@@ -5,27 +5,26 @@ Shapes: an image x is [B, 1, D, H, W] in [-1, 1]; its latent z is [B, latent_cha
 W/f] with f = 2 ** (len(channels) - 1) (4 for the default three levels). ``encode`` returns the
 posterior mean mu (Rombach et al. 2022 keep mu, not a sample, as the latent of a scan).
 
-``encode_tiled`` / ``decode_tiled`` run MONAI's ``SlidingWindowInferer`` (overlapping windows,
-gaussian blending) so that a volume larger than memory allows goes through in pieces. The result
-equals one whole-volume pass when one window covers the volume; across several windows it equals
-it exactly only for a network whose output voxel depends on nearby input voxels alone. The
-AutoencoderKL's GroupNorm normalises over the whole window, so windows see other statistics than
-one whole pass: the autoencoder is trained on patches of ``patch_size``, and tiles of that size are
-what it has learnt on.
+``encode_tiled`` / ``decode_tiled`` take a whole volume through the network layer by layer, each
+convolution in slabs with its halo and each GroupNorm with whole-volume statistics
+(medddpm.models.slabs): the same result as one whole-volume pass, in the memory of one layer's
+activations. (Overlapping sliding windows would not be: the AutoencoderKL's GroupNorms would
+normalise each window by its own statistics.)
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 
 from medddpm.config import AutoencoderConfig
 from medddpm.errors import InputError
+from medddpm.models.slabs import decode_slabs, encode_slabs
+
+SLAB_VOXELS = AutoencoderConfig().slab_voxels
 
 
 def downsampling(ac: AutoencoderConfig) -> int:
@@ -33,10 +32,24 @@ def downsampling(ac: AutoencoderConfig) -> int:
     return 2 ** (len(ac.channels) - 1)
 
 
-def build_autoencoder(ac: AutoencoderConfig) -> AutoencoderKL:
+class Autoencoder(AutoencoderKL):
+    """MONAI's AutoencoderKL whose training forward pass can take its posterior noise: ``forward(x, eps)``
+    decodes z = mu + eps * sigma, so that each sample's draw comes from its own seeded generator (the
+    same draws however the batch is split over processes); without ``eps``, MONAI's global-RNG draw.
+    Modules and weights are MONAI's own."""
+
+    def forward(
+        self, x: torch.Tensor, eps: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z_mu, z_sigma = self.encode(x)
+        z = self.sampling(z_mu, z_sigma) if eps is None else z_mu + eps * z_sigma
+        return self.decode(z), z_mu, z_sigma
+
+
+def build_autoencoder(ac: AutoencoderConfig) -> Autoencoder:
     """MONAI's 3D AutoencoderKL (1 channel in and out) as ``ac`` describes it; weights from the global RNG."""
     levels = len(ac.channels)
-    return AutoencoderKL(
+    return Autoencoder(
         spatial_dims=3,
         in_channels=1,
         out_channels=1,
@@ -67,51 +80,19 @@ def encode(autoencoder: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
     return z_mu
 
 
-def _windows(
-    network: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    window: Sequence[int],
-    overlap: float,
-    sw_batch_size: int,
-) -> torch.Tensor:
-    inferer = SlidingWindowInferer(
-        roi_size=tuple(min(w, s) for w, s in zip(window, x.shape[2:], strict=True)),
-        sw_batch_size=sw_batch_size,
-        overlap=overlap,
-        mode="gaussian",
-        progress=False,
-    )
-    return inferer(x, network)
+@torch.no_grad()
+def encode_tiled(autoencoder: AutoencoderKL, x: torch.Tensor, slab_voxels: int = SLAB_VOXELS) -> torch.Tensor:
+    """mu of a whole volume x [B, 1, D, H, W], layer by layer in slabs of at most ``slab_voxels``
+    output voxels (medddpm.models.slabs): equal to ``encode(autoencoder, x)`` in bounded memory.
+    D, H and W must be multiples of the downsampling factor."""
+    return encode_slabs(autoencoder, x, slab_voxels)
 
 
 @torch.no_grad()
-def encode_tiled(
-    autoencoder: AutoencoderKL,
-    x: torch.Tensor,
-    window: Sequence[int],
-    *,
-    overlap: float = 0.5,
-    sw_batch_size: int = 1,
-) -> torch.Tensor:
-    """mu of x [B, 1, D, H, W], encoded in overlapping ``window``-voxel tiles blended with gaussian
-    weights. D, H, W and ``window`` must be multiples of the downsampling factor."""
-    return _windows(lambda t: encode(autoencoder, t), x, window, overlap, sw_batch_size)
-
-
-@torch.no_grad()
-def decode_tiled(
-    autoencoder: AutoencoderKL | Callable[[torch.Tensor], torch.Tensor],
-    z: torch.Tensor,
-    window: Sequence[int],
-    *,
-    overlap: float = 0.5,
-    sw_batch_size: int = 1,
-) -> torch.Tensor:
-    """The image of latent z [B, C, d, h, w], decoded in overlapping ``window``-latent-voxel tiles
-    blended with gaussian weights: [B, 1, d*f, h*f, w*f]. ``autoencoder``: an AutoencoderKL, or any
-    decoder function (its output size sets f)."""
-    decoder = autoencoder.decode if isinstance(autoencoder, AutoencoderKL) else autoencoder
-    return _windows(decoder, z, window, overlap, sw_batch_size)
+def decode_tiled(autoencoder: AutoencoderKL, z: torch.Tensor, slab_voxels: int = SLAB_VOXELS) -> torch.Tensor:
+    """The image of a whole latent z [B, C, d, h, w] -> [B, 1, d*f, h*f, w*f], layer by layer in
+    slabs of at most ``slab_voxels`` output voxels: equal to ``autoencoder.decode(z)`` in bounded memory."""
+    return decode_slabs(autoencoder, z, slab_voxels)
 
 
 def file_sha256(path: Path) -> str:

@@ -16,9 +16,9 @@ cannot express. A new space is one ``SpaceEntry`` in ``SPACES`` plus its name in
 ``medddpm.config.ModelConfig.space``.
 
     latent   an AutoencoderKL's posterior mean times the run's scale factor s = 1 / std(mu)
-             (Rombach et al. 2022): [B, latent_channels, *image_size / f]. Encoded and decoded tile
-             by tile (medddpm.models.autoencoder.encode_tiled / decode_tiled, windows of
-             ``autoencoder.patch_size``); decoding divides by the same s that training multiplied by
+             (Rombach et al. 2022): [B, latent_channels, *image_size / f]. Encoded and decoded whole,
+             layer by layer in slabs (medddpm.models.autoencoder.encode_tiled / decode_tiled: exact,
+             in bounded memory); decoding divides by the same s that training multiplied by
              (MONAI's 3D LDM tutorial trains with 1 / std(z) and samples with 1.0). No x-hat_0
              clipping: latents have no fixed range. Its channels and factor come from the run's
              config, its networks from the run folder (``bind``: ``config_space(cfg, run_dir)``).
@@ -70,18 +70,16 @@ AUTOENCODER_FILE = "autoencoder.safetensors"
 
 def latent_space(autoencoder: torch.nn.Module, scale_factor: float, ac, latent_channels: int) -> SpaceEntry:
     """The latent space of ``autoencoder`` (an AutoencoderKL built from AutoencoderConfig ``ac``):
-    encode x -> s * mu(x), decode z -> D(z / s), both tile by tile with gaussian blending."""
+    encode x -> s * mu(x), decode z -> D(z / s), both whole volumes layer by layer in slabs (exact)."""
     from medddpm.models.autoencoder import decode_tiled, downsampling, encode_tiled
 
     f = downsampling(ac)
-    window = tuple(ac.patch_size)
-    latent_window = tuple(w // f for w in window)
 
     def encode(x: torch.Tensor) -> torch.Tensor:
-        return scale_factor * encode_tiled(autoencoder.to(x.device), x, window, overlap=ac.overlap)
+        return scale_factor * encode_tiled(autoencoder.to(x.device), x, ac.slab_voxels)
 
     def decode(z: torch.Tensor) -> torch.Tensor:
-        return decode_tiled(autoencoder.to(z.device), z / scale_factor, latent_window, overlap=ac.overlap)
+        return decode_tiled(autoencoder.to(z.device), z / scale_factor, ac.slab_voxels)
 
     return replace(
         SPACES["latent"], channels=latent_channels, factor=f, encode=encode, decode=decode,

@@ -2,7 +2,7 @@
 
 The steps are ``train``'s (``medddpm.training.loop``), with another learner and another step:
 
-1. ``start_compute``; one process only (torchrun is refused: the discriminator is not synchronised).
+1. ``start_compute``: device, precision, torchrun process group (as ``train``: process 0 writes).
 2. ``check_inputs`` with kind "autoencoder": the folder, the checkpoint to resume from (its
    autoencoder, EMA and discriminator states read and checked), preflight of every scan, the
    perceptual weights (``autoencoder.perceptual``).
@@ -10,19 +10,27 @@ The steps are ``train``'s (``medddpm.training.loop``), with another learner and 
    (``autoencoder.held_out``) is kept out of training to measure reconstruction on.
 4. ``start_autoencoder_learner``: AutoencoderKL with EMA, AdamW, warm-up + cosine LR (``train``
    section), and a PatchDiscriminator with Adam.
-5. ``run_steps`` with ``autoencoder_step``: random patches (MONAI RandSpatialCrop) ->
+5. ``run_steps`` with ``autoencoder_step``: random patches (MONAI RandSpatialCrop), each process
+   its own slice of the stream as in ``train`` ->
    L1 + kl_weight KL (+ perceptual_weight perceptual) (+ adversarial_weight PatchGAN loss after
    ``adversarial_warmup_steps``) -> clip, AdamW, EMA; then the discriminator's step. Previews show
    original | reconstruction | difference of one held-out scan.
-6. ``measure_held_out``: each held-out scan encoded and decoded whole, tile by tile
+6. ``measure_held_out``: each held-out scan encoded and decoded whole, layer by layer in slabs
    (``decode_tiled``) with the EMA weights, compared in the data's units: AE_DIR/reconstruction.json.
 
 Patches come from a pure function of the stream position (scan order as in ``train``, crop offset
-seeded by (seed, position)), so a resumed run takes exactly the steps an uninterrupted one would.
+seeded by (seed, position)), and so does each patch's posterior noise, so a resumed run takes exactly
+the steps an uninterrupted one would, and K processes x batch B the step of one process x batch K*B.
+Under torchrun the autoencoder runs in DistributedDataParallel (``build_learner``); the
+discriminator's gradients are averaged over the processes by hand and its BatchNorm statistics
+taken from process 0 after each of its steps, so every process holds the same discriminator (it
+also scores reconstructions in the autoencoder's loss, where DDP's one-backward-per-forward rule
+would not fit).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import warnings
@@ -45,7 +53,7 @@ from medddpm.models.autoencoder import (
     downsampling,
     encode_tiled,
 )
-from medddpm.runtime import autocast, seed_everything
+from medddpm.runtime import Distributed, autocast, seed_everything
 from medddpm.training.checkpoint import Checkpoint, load_weights
 from medddpm.training.learner import Learner, build_learner, read_learner_state
 from medddpm.training.loop import (
@@ -58,6 +66,7 @@ from medddpm.training.loop import (
     prepare_run_folder,
     report_inputs,
     run_steps,
+    sample_generators,
     start_compute,
 )
 from medddpm.training.monitor import StepLog
@@ -89,8 +98,8 @@ def train_autoencoder(
     after the last step, measure held-out reconstruction (reconstruction.json)."""
     data_dir, ae_dir = Path(data_dir), Path(ae_dir)
     compute = start_compute(cfg.train)
-    if compute.dist.enabled:
-        raise InputError("train-autoencoder runs in one process: start it without torchrun")
+    if not compute.dist.is_main:
+        log = _no_log  # under torchrun, process 0 speaks for all
     ac = cfg.autoencoder
     check_sizes(cfg)
     perceptual = perceptual_loss(
@@ -148,15 +157,17 @@ def train_autoencoder(
         command="train-autoencoder",
     )
     if not result.interrupted:
-        summary = measure_held_out(
-            learner.ema.module, dataset, held_out, found, cfg, compute, ae_dir, result.step
-        )
-        log(f"Held-out reconstruction: {describe(summary)}")
+        if compute.dist.is_main:
+            summary = measure_held_out(
+                learner.ema.module, dataset, held_out, found, cfg, compute, ae_dir, result.step
+            )
+            log(f"Held-out reconstruction: {describe(summary)}")
+        compute.dist.barrier()
     return result
 
 
 def check_sizes(cfg: Config) -> None:
-    """Whole volumes are encoded tile by tile: every side must be a multiple of the downsampling."""
+    """Whole volumes are encoded: every side must be a multiple of the downsampling."""
     f = downsampling(cfg.autoencoder)
     if any(s % f for s in cfg.data.image_size):
         raise InputError(
@@ -293,30 +304,36 @@ def autoencoder_step(
     and moments untouched).
     """
     tc, ac, device, precision = cfg.train, cfg.autoencoder, compute.device, compute.precision
+    dist = compute.dist
     adversarial = learner.step >= ac.adversarial_warmup_steps and ac.adversarial_weight > 0
     adv_loss = PatchAdversarialLoss(criterion="least_squares")
+    f = downsampling(ac)
     loss_sum, pairs = 0.0, []
     for micro in range(tc.grad_accum):
-        x = patch_batch(dataset, training, learner.samples_seen + micro * tc.batch_size, tc.batch_size, cfg)
-        x = x.to(device)
-        with autocast(precision, device):
-            reconstruction, z_mu, z_sigma = learner.network(x)
-            loss = torch.nn.functional.l1_loss(reconstruction.float(), x)
-            loss = loss + ac.kl_weight * kl_divergence(z_mu.float(), z_sigma.float())
-            if perceptual is not None:
-                loss = loss + ac.perceptual_weight * perceptual(reconstruction.float(), x)
-            if adversarial:
-                logits = learner.discriminator(reconstruction.contiguous())[-1]
-                loss = loss + ac.adversarial_weight * adv_loss(
-                    logits.float(), target_is_real=True, for_discriminator=False
-                )
-            loss = loss / tc.grad_accum
-        learner.scaler.scale(loss).backward()
+        position = learner.samples_seen + (micro * dist.world_size + dist.rank) * tc.batch_size
+        x = patch_batch(dataset, training, position, tc.batch_size, cfg).to(device)
+        latent = (tc.batch_size, ac.latent_channels, *(s // f for s in x.shape[2:]))
+        eps = sample_generators(tc.seed, position, tc.batch_size, device).randn(latent, device=device)
+        sync = micro == tc.grad_accum - 1 or not dist.enabled
+        with learner.network.no_sync() if not sync else contextlib.nullcontext():
+            with autocast(precision, device):
+                reconstruction, z_mu, z_sigma = learner.network(x, eps)
+                loss = torch.nn.functional.l1_loss(reconstruction.float(), x)
+                loss = loss + ac.kl_weight * kl_divergence(z_mu.float(), z_sigma.float())
+                if perceptual is not None:
+                    loss = loss + ac.perceptual_weight * perceptual(reconstruction.float(), x)
+                if adversarial:
+                    logits = learner.discriminator(reconstruction.contiguous())[-1]
+                    loss = loss + ac.adversarial_weight * adv_loss(
+                        logits.float(), target_is_real=True, for_discriminator=False
+                    )
+                loss = loss / tc.grad_accum
+            learner.scaler.scale(loss).backward()
         loss_sum += float(loss.detach())
         pairs.append((x, reconstruction.detach()))
     grad_norm = _optimizer_step(learner, tc, loss_sum)
     if adversarial and math.isfinite(grad_norm) and math.isfinite(loss_sum):
-        discriminator_step(learner, pairs, tc, device, precision)
+        discriminator_step(learner, pairs, tc, device, precision, dist)
     return loss_sum, grad_norm
 
 
@@ -340,8 +357,11 @@ def discriminator_step(
     tc: TrainConfig,
     device: torch.device,
     precision: str,
+    dist: Distributed = Distributed(),
 ) -> None:
-    """Least-squares PatchGAN (Mao et al. 2017): real patches -> 1, reconstructions -> 0."""
+    """Least-squares PatchGAN (Mao et al. 2017): real patches -> 1, reconstructions -> 0. Under
+    torchrun: gradients and loss averaged over the processes (as DDP would), BatchNorm statistics
+    from process 0, so that every process takes the same step."""
     adv_loss = PatchAdversarialLoss(criterion="least_squares")
     learner.d_optimizer.zero_grad(set_to_none=True)  # drop what the autoencoder's loss left there
     total = 0.0
@@ -356,10 +376,30 @@ def discriminator_step(
             loss = loss / tc.grad_accum
         learner.d_scaler.scale(loss).backward()
         total += float(loss.detach())
+    total = average_over_processes(learner.discriminator, total, dist)
     if math.isfinite(total):
         learner.d_scaler.step(learner.d_optimizer)
     learner.d_scaler.update()
     learner.d_optimizer.zero_grad(set_to_none=True)
+    if dist.enabled:
+        for buffer in learner.discriminator.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
+
+def average_over_processes(network: torch.nn.Module, loss: float, dist: Distributed) -> float:
+    """The gradients of ``network`` and ``loss`` averaged over the torchrun processes (in place,
+    one all-reduce); ``loss`` as it is with one process."""
+    if not dist.enabled:
+        return loss
+    grads = [p.grad for p in network.parameters() if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads] + [torch.tensor([loss], device=grads[0].device)])
+    torch.distributed.all_reduce(flat)
+    flat /= dist.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+    return float(flat[-1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,12 +464,11 @@ def perceptual_loss(spec: str | None) -> MedicalNetPerceptual | None:
 
 @torch.no_grad()
 def reconstruct(autoencoder: torch.nn.Module, x: torch.Tensor, cfg: Config, precision: str) -> torch.Tensor:
-    """x [B, 1, D, H, W] encoded (mu) and decoded tile by tile, patch-sized tiles: [B, 1, D, H, W] float32."""
-    window = patch_size(cfg)
-    f = downsampling(cfg.autoencoder)
+    """x [B, 1, D, H, W] encoded (mu) and decoded whole, layer by layer in slabs: [B, 1, D, H, W] float32."""
+    slab_voxels = cfg.autoencoder.slab_voxels
     with autocast(precision, x.device):
-        z = encode_tiled(autoencoder, x, window, overlap=cfg.autoencoder.overlap)
-        out = decode_tiled(autoencoder, z, [w // f for w in window], overlap=cfg.autoencoder.overlap)
+        z = encode_tiled(autoencoder, x, slab_voxels)
+        out = decode_tiled(autoencoder, z, slab_voxels)
     return out.float()
 
 
@@ -469,7 +508,7 @@ def measure_held_out(
     ae_dir: Path,
     step: int,
 ) -> dict[str, Any]:
-    """6. Every held-out scan reconstructed whole (tiled) by the EMA weights and compared in the data's
+    """6. Every held-out scan reconstructed whole (in slabs) by the EMA weights and compared in the data's
     units; written to AE_DIR/reconstruction.json (atomically) and returned."""
     from medddpm.data.transforms import IntensityMapping
     from medddpm.evaluation.reconstruction import compare, ssim_kernel, summarise
@@ -494,7 +533,10 @@ def measure_held_out(
         "held_out": len(held_out),
         "mean": summarise(results),
         "scans": per_scan,
-        "tiling": {"window": list(patch_size(cfg)), "overlap": ac.overlap, "blending": "gaussian"},
+        "tiling": {
+            "method": "layer by layer in slabs, exact (medddpm.models.slabs)",
+            "slab_voxels": ac.slab_voxels,
+        },
         "ssim_kernel": ssim_kernel(cfg.data.image_size),
         "perceptual_loss": ac.perceptual or "none",
         "note": "" if held_out else "no held-out scans (fewer than two scans, or autoencoder.held_out = 0)",

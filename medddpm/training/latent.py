@@ -144,9 +144,7 @@ def prepare_latents(
     if latents is None:
         log(f"Encoding {len(dataset)} scans into the latent cache ({run_dir / LATENT_CACHE})")
         latents = [
-            encode_tiled(autoencoder, item["image"][None].to(device), ac.patch_size, overlap=ac.overlap)[
-                0
-            ].cpu()
+            encode_tiled(autoencoder, item["image"][None].to(device), ac.slab_voxels)[0].cpu()
             for item in dataset
         ]
         if is_main:

@@ -1,4 +1,4 @@
-"""torchrun: `torchrun --nproc-per-node 2 -m medddpm train|sample ...` with gloo on CPU.
+"""torchrun: `torchrun --nproc-per-node 2 -m medddpm train|sample|train-autoencoder ...` with gloo on CPU.
 
 Each torchrun launch costs two interpreter start-ups (torch + MONAI imports), so the runs are
 shared by the tests through module-scoped fixtures: one uninterrupted 2-process run, and one
@@ -196,3 +196,120 @@ def test_ctrl_c_under_torchrun_stops_every_process_after_the_same_step(scans: Pa
     assert state["step"] == step and state["samples_seen"] == 2 * step
     assert state["scheduler"]["last_epoch"] == step
     assert all(int(s["step"]) == step for s in state["optimizer"]["state"].values())
+
+
+# ---------------------------------------------------------------------------------------------
+# train-autoencoder under torchrun
+
+AE_SETS = [
+    "autoencoder.channels=[8,16,16]",
+    "autoencoder.norm_num_groups=4",
+    "autoencoder.patch_size=16",
+    "autoencoder.discriminator_channels=8",
+    "autoencoder.discriminator_layers=1",
+    "autoencoder.adversarial_warmup_steps=2",  # the discriminator takes part from step 3 on
+    "autoencoder.held_out=0.25",
+    "data.image_size=[16,16,24]",  # patches are cut at random places along the last axis
+]
+AE_COMMON = [*COMMON, *(a for s in AE_SETS for a in ("--set", s))]
+
+
+@pytest.fixture(scope="module")
+def ddp_autoencoder(scans: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    """2 processes x batch 1, 4 steps, checkpoints at steps 2 and 4."""
+    run = scans.parent / "ddp_ae"
+    done = torchrun("train-autoencoder", str(scans), "--output", str(run), "--batch-size", "1", *AE_COMMON)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run, done
+
+
+@pytest.mark.slow  # two more torchrun launches of 2 processes each, and a third run
+def test_autoencoder_two_processes_match_one_process_with_the_whole_batch(ddp_autoencoder, scans: Path):
+    """Until the discriminator joins (step 2), 2 processes x batch 1 == 1 process x batch 2: the same
+    patches, the same posterior noise, DDP averaging the halves (tolerance argued as for ``train``)."""
+    from medddpm.training.autoencoder import train_autoencoder
+
+    run, done = ddp_autoencoder
+    assert done.stderr.count("Done:") == 1 and done.stderr.count("Held-out reconstruction") == 1
+    assert json.loads((run / "reconstruction.json").read_text())["step"] == STEPS
+    single = scans.parent / "single_ae"
+    overrides = [*AE_SETS, "train.batch_size=2", f"train.max_steps={STEPS}", "train.checkpoint_every=2"]
+    overrides += ["train.seed=3", f"train.lr={LR}"]
+    with torch_threads(1):
+        train_autoencoder(build_config("tiny", overrides), scans, single)
+    state = torch.load(run / "checkpoints/step-00000004/training_state.pt", weights_only=True)
+    assert state["samples_seen"] == STEPS * 2
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = weights(run, 2, name), weights(single, 2, name)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=f"{name}:{k}")
+    losses = [float(r["loss"]) for r in metric_rows(run)][:2]
+    np.testing.assert_allclose(losses, [float(r["loss"]) for r in metric_rows(single)][:2], rtol=1e-4)
+
+
+@pytest.mark.slow  # two more torchrun launches of 2 processes each, and a third run
+def test_autoencoder_resume_under_torchrun_matches_uninterrupted(ddp_autoencoder):
+    """Stopped after step 2, resumed for steps 3-4 (the discriminator's): bit for bit."""
+    run = ddp_autoencoder[0].parent / "resumed_ae"
+    shutil.copytree(ddp_autoencoder[0], run)
+    shutil.rmtree(run / "checkpoints" / "step-00000004")
+    (run / "reconstruction.json").unlink()
+    done = torchrun("train-autoencoder", str(run.parent / "scans"), "--output", str(run), "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("Resuming from") == 1
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = weights(ddp_autoencoder[0], STEPS, name), weights(run, STEPS, name)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{name}:{k}")
+    states = [
+        torch.load(r / "checkpoints/step-00000004/training_state.pt", weights_only=True)["discriminator"]
+        for r in (ddp_autoencoder[0], run)
+    ]
+    for k, v in states[0]["weights"].items():
+        torch.testing.assert_close(v, states[1]["weights"][k], rtol=0, atol=0, msg=k)
+    assert [r["loss"] for r in metric_rows(run)] == [r["loss"] for r in metric_rows(ddp_autoencoder[0])]
+
+
+def _discriminator_step_on(rank: int, world: int, store: str, out: str) -> None:
+    """One process of ``test_every_process_takes_the_same_discriminator_step``."""
+    from types import SimpleNamespace
+
+    from medddpm.config import AutoencoderConfig
+    from medddpm.models.autoencoder import build_discriminator
+    from medddpm.runtime import Distributed
+    from medddpm.training.autoencoder import discriminator_step
+
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    torch.manual_seed(0)  # the same initial weights on both
+    d = build_discriminator(AutoencoderConfig(discriminator_channels=8, discriminator_layers=1))
+    learner = SimpleNamespace(
+        discriminator=d,
+        d_optimizer=torch.optim.Adam(d.parameters(), lr=1e-2),
+        d_scaler=torch.amp.GradScaler("cpu", enabled=False),
+    )
+    g = torch.Generator().manual_seed(rank + 1)  # each process its own patches
+    pairs = [(torch.randn(1, 1, 16, 16, 16, generator=g), torch.randn(1, 1, 16, 16, 16, generator=g))]
+    tc = build_config("tiny").train
+    discriminator_step(learner, pairs, tc, torch.device("cpu"), "fp32", Distributed(rank, world))
+    torch.save(d.state_dict(), f"{out}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_every_process_takes_the_same_discriminator_step(tmp_path: Path):
+    """Two processes, each with its own patches: after one discriminator step (gradients averaged,
+    BatchNorm statistics from process 0) both hold the same discriminator, and it moved."""
+    torch.multiprocessing.spawn(
+        _discriminator_step_on, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True
+    )
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    from medddpm.config import AutoencoderConfig
+    from medddpm.models.autoencoder import build_discriminator
+
+    torch.manual_seed(0)
+    initial = build_discriminator(
+        AutoencoderConfig(discriminator_channels=8, discriminator_layers=1)
+    ).state_dict()
+    assert any((a[k].float() - initial[k].float()).abs().max() > 1e-4 for k in a if a[k].is_floating_point())
