@@ -85,9 +85,7 @@ class SpaceSide:
             self.autoencoder = build_autoencoder(ac).eval().to(device)
             t0 = time.perf_counter()
             mu = [
-                encode_tiled(
-                    self.autoencoder, item["image"][None].to(device), ac.patch_size, overlap=ac.overlap
-                )[0].cpu()
+                encode_tiled(self.autoencoder, item["image"][None].to(device), ac.slab_voxels)[0].cpu()
                 for item in self.dataset
             ]
             sync(device)
