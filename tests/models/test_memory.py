@@ -268,8 +268,9 @@ def test_decode_estimate_matches_a_measured_tiled_decode():
     """Tiled decoding of a 64³ volume in 16³ tiles (4³ latent windows, no overlap), run for real on a
     CPU in a fresh process: the peak is the estimate's decoding memory (the decoder's live tensors, the
     inferer's full-size output and count map) plus CPU conv3d's unfold buffer, which GPUs do not have
-    (C_in x 27 x output voxels x 4 bytes for the decoder's 16-channel convolutions at the tile's 16³),
-    within 5 %."""
+    (C_in x 27 x output voxels x 4 bytes for the decoder's 16-channel convolutions at the tile's 16³):
+    all of it (2 % below for page rounding), and at most 10 % more (MONAI's small per-window tensors,
+    glibc)."""
     from medddpm.models.memory import estimate_sampling_memory
 
     overrides = ["data.image_size=64", "model.space=latent", *TINY_AE, "autoencoder.patch_size=16"]
@@ -288,10 +289,14 @@ ae = build_autoencoder(cfg.autoencoder).eval()
 z = torch.randn(1, 4, 16, 16, 16)
 meter = _Meter(torch.device("cpu"))
 decode_tiled(ae, z, (4, 4, 4), overlap=0.0)  # warm-up
-meter.reset()
-decode_tiled(ae, z, (4, 4, 4), overlap=0.0)
-print(json.dumps({{"peak": meter.peak() / GIB}}))
+peaks = []
+for _ in range(3):
+    meter.reset()
+    decode_tiled(ae, z, (4, 4, 4), overlap=0.0)
+    peaks.append(meter.peak() / GIB)
+print(json.dumps({{"peak": min(peaks)}}))
 """
-    measured = _measure_in_subprocess(code)["peak"]
+    measured = _measure_in_subprocess(code)["peak"]  # the least of three: allocator noise only adds
     unfold = 16 * 27 * 16**3 * 4 / GIB
-    assert measured == pytest.approx(estimate.decode_gib - latent + unfold, rel=0.05)
+    expected = estimate.decode_gib - latent + unfold
+    assert 0.98 * expected <= measured <= 1.10 * expected, (measured * 1024, expected * 1024)
