@@ -3,6 +3,7 @@
     python benchmarks/bench_memory.py                  # estimates + CPU measurements (markdown on stdout)
     python benchmarks/bench_memory.py --cuda           # real CUDA peak and step time, 64³ and 128³
     python benchmarks/bench_memory.py --cuda --reduced # the same code path at 8³ (on CPU without a GPU)
+    python benchmarks/bench_memory.py --presets        # every stage of every GPU preset, estimated
 
 1. Estimates (medddpm.models.memory.estimate_memory, CUDA autocast rules): activations and total peak at
    64³ and 128³, batch 1, for the ``--config`` model (default ct-128), with gradient checkpointing
@@ -12,6 +13,9 @@
 3. ``--cuda``: torch.cuda.max_memory_allocated and the mean step time of real training steps at 64³
    and 128³ with each lever on and off (each in a fresh process). Without a GPU, ``--reduced`` runs
    the same code at 8³ on CPU (memory from the resident high-water mark) so the path stays tested.
+4. ``--presets``: each preset that names a GPU (``# fits: one N GB GPU``), at its own settings:
+   training; for latent presets also train-autoencoder and sampling (estimate_autoencoder_memory,
+   estimate_sampling_memory). ``precision: auto`` is estimated as fp32, the larger.
 """
 
 from __future__ import annotations
@@ -182,6 +186,40 @@ def cuda_measurements(
     return title, results
 
 
+def presets_table() -> str:
+    from medddpm.config import PRESET_DIR, build_config, preset_header
+    from medddpm.models.memory import estimate_autoencoder_memory, estimate_memory, estimate_sampling_memory
+    from medddpm.models.spaces import config_space
+
+    def size(shape) -> str:
+        return "x".join(map(str, shape))
+
+    rows = [
+        "| preset | space | U-Net grid | precision | train (batch) | train-autoencoder (patch, batch) "
+        "| sample (batch, decoding tile) | sized for |",
+        "|---|---|---|---|---:|---:|---:|---|",
+    ]
+    for path in sorted(PRESET_DIR.glob("*.yaml")):
+        fits = preset_header(path.stem)["fits"]
+        if "GPU" not in fits:
+            continue
+        cfg = build_config(path.stem)
+        precision = "fp32" if cfg.train.precision == "auto" else cfg.train.precision
+        train = estimate_memory(cfg, precision)
+        grid = size(config_space(cfg).latent_size(cfg.data.image_size))
+        autoencoder = sampling = "-"
+        if cfg.model.space == "latent":
+            a = estimate_autoencoder_memory(cfg, precision)
+            s = estimate_sampling_memory(cfg, precision)
+            autoencoder = f"{a.total_gib:.2f} ({size(a.patch)}, {cfg.train.batch_size})"
+            sampling = f"{s.total_gib:.2f} ({s.batch_size}, {size(s.window)} latent)"
+        rows.append(
+            f"| `{path.stem}` | {cfg.model.space} | {grid} | {precision} | {train.total_gib:.2f} "
+            f"({cfg.train.batch_size}) | {autoencoder} | {sampling} | {fits} |"
+        )
+    return "\n".join(rows)
+
+
 def machine() -> str:
     return f"{os.cpu_count()} CPUs ({cpu_model()}), {platform.system()} {platform.release()}"
 
@@ -195,6 +233,7 @@ def main() -> None:
     parser.add_argument("--no-cpu", action="store_true", help="Skip the CPU measurements.")
     parser.add_argument("--cuda", action="store_true", help="Measure real CUDA peaks and step times.")
     parser.add_argument("--reduced", action="store_true", help="With --cuda: the 8³ CPU form of it.")
+    parser.add_argument("--presets", action="store_true", help="Estimate every stage of each GPU preset.")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one isolated measurement
     args = parser.parse_args()
     if args.one:
@@ -206,6 +245,9 @@ def main() -> None:
     print(f"{time.strftime('%Y-%m-%d')}, {machine()}, torch {torch.__version__}")
     print(f"command: python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}".rstrip())
     print()
+    if args.presets:
+        print(presets_table())
+        return
     if args.cuda:
         title, results = cuda_measurements(args.config, args.reduced, tuple(args.sizes))
         print(measured_table(results, title))

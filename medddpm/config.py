@@ -502,6 +502,19 @@ def resolve_config_path(name: str | Path) -> Path:
     raise InputError(f"no such config file, nor a preset of that name (presets: {presets})", name)
 
 
+def preset_header(name: str) -> dict[str, str]:
+    """A preset's header comment: ``about`` (its first sentence), ``fits`` (the GPU or CPU its
+    ``# fits:`` line names, "" when it names none) and ``text`` (every line, without the ``# ``)."""
+    lines = []
+    for line in (PRESET_DIR / f"{name}.yaml").read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:].strip())
+    fits = next((line.removeprefix("fits:").strip() for line in lines if line.startswith("fits:")), "")
+    about = " ".join(lines).split(". ")[0].rstrip(".") + "." if lines else ""
+    return {"about": about, "fits": fits, "text": "\n".join(lines)}
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}

@@ -1,7 +1,11 @@
+import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from medddpm.config import PRESET_DIR, Config, build_config, config_from_dict, default_yaml, parse_set
 from medddpm.errors import InputError
@@ -125,13 +129,16 @@ def test_every_preset_builds_its_model_and_passes_a_dry_run(preset: str, tmp_pat
     from nibabel.testing import data_path
 
     from medddpm.cli import main
+    from medddpm.models.memory import unet_model_config
+    from medddpm.models.spaces import model_channels
     from medddpm.models.unet import build_unet
 
     cfg = build_config(preset)
     torch.manual_seed(0)
-    model = build_unet(cfg.model).eval()
+    mc = unet_model_config(cfg)  # a latent preset's channels come from its autoencoder section
+    model = build_unet(mc).eval()
     side = 2 ** len(cfg.model.channels)  # halved at each level but the last, and still even
-    x = torch.randn(1, 1, side, side, side)
+    x = torch.randn(1, model_channels(mc), side, side, side)
     with torch.no_grad():
         y = model(x, torch.tensor([500]))
     assert y.shape == x.shape and torch.isfinite(y).all()
@@ -141,7 +148,7 @@ def test_every_preset_builds_its_model_and_passes_a_dry_run(preset: str, tmp_pat
     shutil.copy(Path(data_path) / "anatomical.nii", scans)
     out = tmp_path / "run"
     capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(SystemExit) as e, LargestTensor() as largest:
         main(["train", str(scans), "--output", str(out), "--config", preset, "--dry-run"])
         raise SystemExit(0)
     err = " ".join(capsys.readouterr().err.split())
@@ -149,7 +156,101 @@ def test_every_preset_builds_its_model_and_passes_a_dry_run(preset: str, tmp_pat
     parameters = sum(p.numel() for p in model.parameters())
     assert "1 NIfTI files" in err and "1 usable, 0 not" in err and "estimated peak" in err
     assert f"{parameters:,} parameters" in err
+    assert ("estimated sampling peak" in err) == (cfg.model.space == "latent")
     assert not out.exists()
+    # the estimate runs on meta tensors: nothing of the preset's size is allocated (the scan is 33x41x25)
+    assert largest.nbytes < 2**20, f"the dry run allocated a tensor of {largest.nbytes:,} bytes"
+
+    if cfg.model.space == "latent":  # the first stage of the same preset
+        with pytest.raises(SystemExit) as e, LargestTensor() as largest:
+            main(["train-autoencoder", str(scans), "--output", str(out), "--config", preset, "--dry-run"])
+            raise SystemExit(0)
+        err = " ".join(capsys.readouterr().err.split())
+        assert not e.value.code and "estimated peak" in err and "PatchDiscriminator" in err, err
+        assert not out.exists() and largest.nbytes < 2**20
+
+
+class LargestTensor(TorchDispatchMode):
+    """The size of the largest tensor with storage (not on the meta device) made while it is active."""
+
+    nbytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                self.nbytes = max(self.nbytes, t.untyped_storage().nbytes())
+        return out
+
+
+GIB = 2**30
+FITS = re.compile(r"one (\d+) GB GPU")
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+def test_every_preset_names_what_it_fits_and_its_estimate_fits_it(preset: str):
+    """Each preset's header names the machine it is sized for (``# fits: one N GB GPU`` or ``a CPU``;
+    default.yaml, the generated template, names none). For a GPU, every estimate of the preset at its
+    own settings (training; for a latent preset also train-autoencoder and sampling), with 15 % headroom
+    and 0.5 GiB of CUDA context, fits N GB. ``precision: auto`` is estimated as fp32, the larger."""
+    from medddpm.config import preset_header
+    from medddpm.models.memory import estimate_autoencoder_memory, estimate_memory, estimate_sampling_memory
+
+    fits = preset_header(preset)["fits"]
+    if preset == "default":
+        assert fits == ""
+        return
+    if fits == "a CPU":
+        return
+    match = FITS.fullmatch(fits)
+    assert match, f"{preset}.yaml: '# fits:' names '{fits}', not 'one N GB GPU' or 'a CPU'"
+    cfg = build_config(preset)
+    precision = "fp32" if cfg.train.precision == "auto" else cfg.train.precision
+    totals = {"train": estimate_memory(cfg, precision).total_gib}
+    if cfg.model.space == "latent":
+        totals["train-autoencoder"] = estimate_autoencoder_memory(cfg, precision).total_gib
+        totals["sample"] = estimate_sampling_memory(cfg, precision).total_gib
+    limit = int(match.group(1)) * 1e9 / GIB
+    for stage, total in totals.items():
+        assert total * 1.15 + 0.5 < limit, f"{preset}: {stage} needs {total:.1f} GiB, beyond {fits}"
+
+
+HEADER_FIGURES = {  # preset -> (figure in its header, how it is computed)
+    "brain-mri-1mm": [
+        (r"train-autoencoder ([\d.]+) GiB", "autoencoder"),
+        (r"; train ([\d.]+) GiB", "train"),
+        (r"sample ([\d.]+) GiB", "sample"),
+    ],
+    "ct-256": [
+        (r"train-autoencoder ([\d.]+) GiB", "autoencoder"),
+        (r"; train ([\d.]+) GiB", "train"),
+        (r"sample ([\d.]+) GiB", "sample"),
+    ],
+    "ct-256-wavelet": [(r"\): ([\d.]+) GiB at batch 2", "train")],
+    "brain-mri-64": [(r"([\d.]+) GiB in fp32", "train")],
+    "ct-128": [(r"CUDA autocast rules\): ([\d.]+) GiB", "train")],
+}
+
+
+@pytest.mark.parametrize("preset", sorted(HEADER_FIGURES))
+def test_the_estimates_in_a_preset_header_are_the_estimators(preset: str):
+    """A preset's header states its estimates; they are what ``--dry-run`` computes today (to the
+    0.1 GiB shown), so that a change to the preset or the estimator cannot leave the comment behind."""
+    from medddpm.config import preset_header
+    from medddpm.models.memory import estimate_autoencoder_memory, estimate_memory, estimate_sampling_memory
+
+    cfg = build_config(preset)
+    precision = "fp32" if cfg.train.precision == "auto" else cfg.train.precision
+    estimates = {
+        "train": lambda: estimate_memory(cfg, precision).total_gib,
+        "autoencoder": lambda: estimate_autoencoder_memory(cfg, precision).total_gib,
+        "sample": lambda: estimate_sampling_memory(cfg, precision).total_gib,
+    }
+    text = " ".join(preset_header(preset)["text"].split())
+    for pattern, stage in HEADER_FIGURES[preset]:
+        found = re.search(pattern, text)
+        assert found, f"{preset}.yaml header: no '{pattern}'"
+        assert float(found.group(1)) == pytest.approx(estimates[stage](), abs=0.051), (preset, stage)
 
 
 def test_a_saved_config_without_a_later_field_means_its_legacy_value(tmp_path):

@@ -1,4 +1,4 @@
-"""``medddpm train --dry-run``: what a run would do, without doing it."""
+"""``medddpm train --dry-run`` and ``train-autoencoder --dry-run``: what a run would do, without doing it."""
 
 from __future__ import annotations
 
@@ -12,15 +12,26 @@ from medddpm.config import Config
 from medddpm.data.conditions import TrainingConditions, match_table
 from medddpm.data.scans import discover_scans, preflight
 from medddpm.data.transforms import output_geometry
-from medddpm.models.memory import estimate_memory
+from medddpm.models.memory import (
+    estimate_autoencoder_memory,
+    estimate_memory,
+    estimate_sampling_memory,
+    unet_model_config,
+)
 from medddpm.models.spaces import config_space
 from medddpm.runtime import resolve_device, resolve_precision
 
 
-def dry_run(cfg: Config, data_dir: Path, console: Console, conditions: Path | None = None) -> None:
-    """Print the resolved config, a dataset summary, the conditioning (with a ``conditions`` table), the
-    model size and the peak-memory estimate. Bad input (no scans, a table that does not match them)
-    is an InputError before anything is printed."""
+def _size(shape) -> str:
+    return "x".join(map(str, shape))
+
+
+def _config_and_data(
+    cfg: Config, data_dir: Path, console: Console, conditions: Path | None = None
+) -> TrainingConditions | None:
+    """Print the resolved config and a dataset summary; with a ``conditions`` table, match it to the
+    usable scans as training does first, so that a table that does not match is an InputError before
+    anything is printed. Returns the matched conditions (None without a table)."""
     files = discover_scans(data_dir)
     checked = preflight(files)
     matched = None
@@ -39,17 +50,36 @@ def dry_run(cfg: Config, data_dir: Path, console: Console, conditions: Path | No
     for bad in checked.skipped:
         console.print(f"  [yellow]{bad['path']}[/]: {bad['reason']}")
     if checked.valid:
-        shapes = sorted({"x".join(map(str, s.shape)) for s in checked.valid})
+        shapes = sorted({_size(s.shape) for s in checked.valid})
         console.print(f"  shapes: {', '.join(shapes[:5])}{' ...' if len(shapes) > 5 else ''}")
         geometry = output_geometry(cfg.data, checked.valid)
         console.print(
-            f"  trained at {'x'.join(map(str, cfg.data.image_size))} voxels, "
+            f"  trained at {_size(cfg.data.image_size)} voxels, "
             f"output spacing {' x '.join(f'{s:.3g}' for s in geometry.spacing)} mm (RAS)"
         )
         mixed_scales = geometry.warning()
         if mixed_scales is not None:
             console.print(f"  [yellow]warning[/]: {mixed_scales}", markup=True, highlight=False)
+    return matched
 
+
+def _table(console: Console, rows: list[tuple[str, float]], notes: list[str]) -> None:
+    table = Table(show_header=True)
+    table.add_column("part")
+    table.add_column("GiB", justify="right")
+    for name, value in rows:
+        table.add_row(name, f"{value:.3f}")
+    console.print(table)
+    for note in notes:
+        console.print(f"  note: {note}")
+
+
+def dry_run(cfg: Config, data_dir: Path, console: Console, conditions: Path | None = None) -> None:
+    """Print the resolved config, a dataset summary, the conditioning (with a ``conditions`` table), the
+    model size and the peak-memory estimate; in latent space also the sampling estimate (U-Net steps at
+    the latent grid, tiled decoding). Bad input (no scans, a table that does not match them) is an
+    InputError before anything is printed."""
+    matched = _config_and_data(cfg, data_dir, console, conditions)
     if matched is not None:
         console.rule("conditions")
         show_conditions(cfg, matched, console)
@@ -58,25 +88,79 @@ def dry_run(cfg: Config, data_dir: Path, console: Console, conditions: Path | No
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     estimate = estimate_memory(cfg, precision)
-    table = Table(show_header=True)
-    table.add_column("part")
-    table.add_column("GiB", justify="right")
-    for name, value in [
-        ("weights (fp32)", estimate.weights_gib),
-        ("gradients", estimate.gradients_gib),
-        ("AdamW moments", estimate.optimizer_gib),
-        ("EMA copy", estimate.ema_gib),
-        (f"activations (batch {cfg.train.batch_size}, {precision})", estimate.activations_gib),
-        ("estimated peak", estimate.total_gib),
-    ]:
-        table.add_row(name, f"{value:.3f}")
     space = config_space(cfg)
-    latent = "x".join(map(str, space.latent_size(cfg.data.image_size)))
-    console.print(f"U-Net in {space.name} space: {space.channels} channel(s) at {latent} voxels")
+    channels = unet_model_config(cfg).latent_channels if space.name == "latent" else space.channels
+    grid = _size(space.latent_size(cfg.data.image_size))
+    console.print(f"U-Net in {space.name} space: {channels} channel(s) at {grid} voxels")
     console.print(f"{estimate.parameters:,} parameters; {device.type}, {precision}")
-    console.print(table)
-    for note in estimate.notes:
-        console.print(f"  note: {note}")
+    _table(
+        console,
+        [
+            ("weights (fp32)", estimate.weights_gib),
+            ("gradients", estimate.gradients_gib),
+            ("AdamW moments", estimate.optimizer_gib),
+            ("EMA copy", estimate.ema_gib),
+            (f"activations (batch {cfg.train.batch_size}, {precision})", estimate.activations_gib),
+            ("estimated peak", estimate.total_gib),
+        ],
+        estimate.notes,
+    )
+    if space.name != "latent":
+        return
+    ac = cfg.autoencoder
+    source = cfg.latent.autoencoder or "the config's autoencoder section (no --autoencoder given)"
+    console.rule("sampling: latent steps and tiled decoding")
+    console.print(
+        f"autoencoder from {source}: channels {list(ac.channels)}, {ac.latent_channels} latent channels, "
+        f"{space.factor}x downsampling per side"
+    )
+    sampling = estimate_sampling_memory(cfg, precision)
+    console.print(
+        f"sample.batch_size {sampling.batch_size}; decoded in tiles of {_size(sampling.window)} "
+        f"latent voxels (overlap {ac.overlap})"
+    )
+    _table(
+        console,
+        [
+            ("weights: U-Net and autoencoder (fp32)", sampling.weights_gib),
+            (f"U-Net step ({precision}, no autograd)", sampling.unet_step_gib),
+            ("tiled decoding (fp32)", sampling.decode_gib),
+            ("estimated sampling peak", sampling.total_gib),
+        ],
+        sampling.notes,
+    )
+
+
+def dry_run_autoencoder(cfg: Config, data_dir: Path, console: Console) -> None:
+    """``train-autoencoder --dry-run``: config, dataset summary, the autoencoder's and the
+    discriminator's size and the estimated peak of one training step. Sizes the training would
+    refuse are refused here too, with the same one-line error."""
+    from medddpm.training.autoencoder import check_sizes
+
+    check_sizes(cfg)
+    _config_and_data(cfg, data_dir, console)
+
+    console.rule("autoencoder and memory")
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    estimate = estimate_autoencoder_memory(cfg, precision)
+    ac = cfg.autoencoder
+    console.print(
+        f"AutoencoderKL {list(ac.channels)}, {ac.latent_channels} latent channels: "
+        f"{estimate.autoencoder_parameters:,} parameters; PatchDiscriminator: "
+        f"{estimate.discriminator_parameters:,} parameters; {device.type}, {precision}"
+    )
+    batch = f"batch {cfg.train.batch_size} of {_size(estimate.patch)} patches, {precision}"
+    _table(
+        console,
+        [
+            ("weights, gradients, optimizer moments, EMA", estimate.state_gib),
+            (f"autoencoder step activations ({batch})", estimate.autoencoder_step_gib),
+            ("discriminator step activations", estimate.discriminator_step_gib),
+            ("estimated peak", estimate.total_gib),
+        ],
+        estimate.notes,
+    )
 
 
 def show_conditions(cfg: Config, matched: TrainingConditions, console: Console) -> None:

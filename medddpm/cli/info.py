@@ -15,11 +15,29 @@ from medddpm.cli.options import (
 
 
 def info(
-    path: Annotated[Path, typer.Argument(help="A NIfTI file, a folder of them, or an autoencoder folder.")],
+    path: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A NIfTI file, a folder of them, or an autoencoder folder; none: list the presets."
+        ),
+    ] = None,
 ) -> None:
-    """Shape, spacing, orientation, data type and intensity range of a scan or of every scan in a folder."""
+    """Shape, spacing, orientation, data type and intensity range of a scan or of every scan in a folder;
+    without PATH, the config presets (--config NAME) and the GPU each is sized for."""
     startup_checks()
     from rich.table import Table
+
+    if path is None:
+        from medddpm.config import PRESET_DIR, preset_header
+
+        table = Table(title="presets (--config NAME; `train ... --config NAME --dry-run` estimates memory)")
+        for column in ("preset", "for", "fits"):
+            table.add_column(column)
+        for name in sorted(p.stem for p in PRESET_DIR.glob("*.yaml")):
+            header = preset_header(name)
+            table.add_row(name, header["about"], header["fits"])
+        Console(highlight=False, width=max(console.width, 140)).print(table)
+        return
 
     from medddpm.data.nifti import read_scan
     from medddpm.data.scans import discover_scans

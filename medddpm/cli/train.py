@@ -109,7 +109,10 @@ def train(
     cfg = build_config(config, set_ or [], flags, saved=saved)
     if dry_run:
         from medddpm.cli.dry_run import dry_run as run_dry
+        from medddpm.training.latent import resolve_latent
 
+        if cfg.latent.autoencoder is not None:  # that folder's autoencoder section; nothing written
+            cfg = resolve_latent(cfg, output, resume)
         run_dry(cfg, data_dir, console, conditions)
         return
 

@@ -57,6 +57,12 @@ def train_autoencoder(
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="Skip unusable scans (with a warning) instead of stopping.")
     ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Show config, data, network sizes and memory estimate; train nothing."
+        ),
+    ] = False,
     threads: ThreadsOpt = None,
 ) -> None:
     """Train the 3D AutoencoderKL of the latent space on patches of a folder of NIfTI scans."""
@@ -83,6 +89,11 @@ def train_autoencoder(
         "autoencoder.perceptual": perceptual,
     }
     cfg = build_config(config, set_ or [], flags)
+    if dry_run:
+        from medddpm.cli.dry_run import dry_run_autoencoder
+
+        dry_run_autoencoder(cfg, data_dir, console)
+        return
 
     from medddpm.training.autoencoder import train_autoencoder as run_training
 

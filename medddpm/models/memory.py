@@ -15,6 +15,13 @@ Weights, gradients, AdamW moments and the EMA copy are counted from the paramete
 - Gradient checkpointing (medddpm.models.unet): autograd keeps each U-Net block's inputs instead of its
   internals, plus the internals of the one block being recomputed in the backward pass at a time.
 
+The latent space's two stages, by the same method: ``estimate_autoencoder_memory`` (one
+``train-autoencoder`` step: the AutoencoderKL on a batch of patches, the discriminator's verdict on the
+reconstruction, then the discriminator's own step) and ``estimate_sampling_memory`` (``sample``: U-Net
+evaluations at the latent grid and tile-by-tile decoding). Inference keeps no graph, so there the
+count is of tensors alive at once: a dispatch mode adds each operation's outputs and a weakref
+finalizer takes them off when freed (``_LiveBytes``), which is what the allocator holds.
+
 Not counted: the CUDA context (~0.3-0.5 GiB outside torch's allocator), cuDNN workspaces and
 allocator fragmentation; leave ~15 % headroom when sizing a GPU from the estimate.
 
@@ -26,14 +33,18 @@ high-water mark, reset just before the step, with glibc told to return freed blo
 from __future__ import annotations
 
 import ctypes
+import math
 import re
 import time
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_map
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map
 
 from medddpm.config import Config
 from medddpm.models.spaces import config_space
@@ -115,7 +126,7 @@ class _EstimationMode(TorchFunctionMode):
 def _activation_bytes(cfg: Config, batch_size: int, precision: str, device: str = "cuda") -> tuple[int, int]:
     """Bytes autograd keeps for backward: (plain network, network with checkpointed blocks)."""
     with torch.device("meta"):
-        model = build_unet(cfg.model.model_copy(update={"gradient_checkpointing": False}))
+        model = build_unet(unet_model_config(cfg).model_copy(update={"gradient_checkpointing": False}))
     params = {p.untyped_storage()._cdata for p in model.parameters()}
     kept: dict[int, torch.Tensor] = {}  # storage -> a tensor on it (keeps storage ids unique)
     held: list[torch.Tensor] = []  # block inputs, kept alive for the same reason
@@ -174,7 +185,7 @@ def estimate_memory(
     """
     batch_size = batch_size or cfg.train.batch_size
     with torch.device("meta"):
-        n_params = sum(p.numel() for p in build_unet(cfg.model).parameters())
+        n_params = sum(p.numel() for p in build_unet(unet_model_config(cfg)).parameters())
     weights = n_params * 4 / GIB
     plain, checkpointed = _activation_bytes(cfg, batch_size, precision, device)
     activations = (checkpointed if cfg.model.gradient_checkpointing else plain) / GIB
@@ -320,3 +331,229 @@ def measure_training_step(
     seconds = (time.perf_counter() - start) / steps
     method = "torch.cuda.max_memory_allocated" if dev.type == "cuda" else "resident-memory high-water mark"
     return MeasuredStep((state + meter.peak()) / GIB, state / GIB, activations / GIB, seconds, method)
+
+
+# ---------------------------------------------------------------------------------------------
+# The latent space's two stages: training the autoencoder, and sampling (U-Net steps, tiled decoding)
+
+
+def unet_model_config(cfg: Config):
+    """``cfg.model``, with a latent space's channels read from the ``autoencoder`` section when
+    ``model.latent_channels`` is unset (a preset names no autoencoder folder)."""
+    mc = cfg.model
+    if mc.space == "latent" and mc.latent_channels is None:
+        return mc.model_copy(update={"latent_channels": cfg.autoencoder.latent_channels})
+    return mc
+
+
+def _saved_bytes(forward, networks: list[torch.nn.Module], low: torch.dtype | None, device: str) -> int:
+    """Bytes autograd keeps for backward while ``forward()`` runs on meta tensors: each storage once,
+    parameters of ``networks`` left out (the method of ``_activation_bytes``, without its blocks)."""
+    params = {p.untyped_storage()._cdata for n in networks for p in n.parameters()}
+    kept: dict[int, torch.Tensor] = {}
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        key = t.untyped_storage()._cdata
+        if key not in kept and key not in params:
+            kept[key] = t
+            total += t.untyped_storage().nbytes()
+        return t
+
+    with (
+        _EstimationMode(low, device, flash=True),
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+    ):
+        forward()
+    return total
+
+
+class _LiveBytes(TorchDispatchMode):
+    """Bytes held by the tensors that operations create, at any moment and at their highest.
+
+    Each output storage is counted once, from the operation that made it until the last tensor on it
+    is freed (a weakref finalizer per tensor object), as the allocator sees it. Tensors made before
+    the mode are not counted, nor views of the storages in ``exclude`` (inputs, parameters: a linear
+    layer's transposed weight is a view, not new memory).
+    """
+
+    def __init__(self, exclude: set[int] = frozenset()):
+        super().__init__()
+        self.exclude = exclude
+        self.now = self.peak = 0
+        self.storages: dict[int, list[int]] = {}  # storage -> [tensors alive on it, bytes]
+
+    def _release(self, key: int) -> None:
+        entry = self.storages[key]
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.now -= entry[1]
+            del self.storages[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                key = t.untyped_storage()._cdata
+                if key in self.exclude:
+                    continue
+                if key not in self.storages:
+                    self.storages[key] = [0, t.untyped_storage().nbytes()]
+                    self.now += self.storages[key][1]
+                    self.peak = max(self.peak, self.now)
+                self.storages[key][0] += 1
+                weakref.finalize(t, self._release, key)
+        return out
+
+
+def _inference_peak_bytes(
+    forward, low: torch.dtype | None = None, device: str = "cuda", held: Sequence[torch.Tensor] = ()
+) -> int:
+    """Highest bytes alive at once while ``forward()`` runs without autograd on meta tensors, not
+    counting the storages of ``held`` (parameters and inputs, which exist before and after)."""
+    live = _LiveBytes({t.untyped_storage()._cdata for t in held})
+    with torch.no_grad(), _EstimationMode(low, device, flash=True), live:
+        forward()
+    return live.peak
+
+
+@dataclass
+class AutoencoderMemoryEstimate:
+    """One step of ``train-autoencoder``: the AutoencoderKL's and, after the warm-up, the discriminator's."""
+
+    autoencoder_parameters: int
+    discriminator_parameters: int
+    patch: tuple[int, ...]
+    state_gib: (
+        float  # autoencoder: weights, gradients, AdamW moments, EMA; discriminator: weights, gradients, Adam
+    )
+    autoencoder_step_gib: (
+        float  # saved for backward: L1 + KL + the discriminator's verdict on the reconstruction
+    )
+    discriminator_step_gib: float  # saved for backward: the discriminator on real and reconstructed patches
+    total_gib: float  # state + the larger step + the patches kept for the discriminator
+    notes: list[str] = field(default_factory=list)
+
+
+def estimate_autoencoder_memory(
+    cfg: Config, precision: str = "fp32", batch_size: int | None = None, device: str = "cuda"
+) -> AutoencoderMemoryEstimate:
+    """Peak memory of one ``train-autoencoder`` step for ``cfg`` (GiB), without running it.
+
+    Patches of ``autoencoder.patch_size`` (cut to ``data.image_size``), ``batch_size`` of them
+    (default ``train.batch_size``), counted as ``estimate_memory`` counts the U-Net's: the tensors
+    autograd keeps, on meta tensors, with autocast's casts for ``precision``. The generator step
+    includes the discriminator's pass over the reconstruction (after ``adversarial_warmup_steps``);
+    the discriminator's own step runs after the autoencoder's graph is freed.
+    """
+    from medddpm.models.autoencoder import build_autoencoder, build_discriminator
+
+    ac = cfg.autoencoder
+    batch_size = batch_size or cfg.train.batch_size
+    patch = tuple(min(p, s) for p, s in zip(ac.patch_size, cfg.data.image_size, strict=True))
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    with torch.device("meta"):
+        autoencoder, discriminator = build_autoencoder(ac), build_discriminator(ac)
+    x = torch.empty(batch_size, 1, *patch, device="meta")
+    adversarial = ac.adversarial_weight > 0
+
+    def generator_step() -> None:
+        reconstruction, z_mu, z_sigma = autoencoder(x)
+        loss = torch.nn.functional.l1_loss(reconstruction.float(), x)
+        mu, sigma = z_mu.float(), z_sigma.float()
+        loss = loss + 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2)) - 1).sum()
+        if adversarial:
+            logits = discriminator(reconstruction.contiguous())[-1].float()
+            loss = loss + torch.nn.functional.mse_loss(logits, torch.ones_like(logits))
+
+    def discriminator_step() -> None:
+        for patches in (x, x.clone()):  # the reconstruction (detached) and the real patch
+            logits = discriminator(patches)[-1].float()
+            torch.nn.functional.mse_loss(logits, torch.ones_like(logits))
+
+    networks = [autoencoder, discriminator]
+    generator = _saved_bytes(generator_step, networks, low, device) / GIB
+    critic = (_saved_bytes(discriminator_step, networks, low, device) if adversarial else 0) / GIB
+    n_ae = sum(p.numel() for p in autoencoder.parameters())
+    n_d = sum(p.numel() for p in discriminator.parameters())
+    state = (5 * n_ae + 4 * n_d) * 4 / GIB
+    kept = cfg.train.grad_accum * 2 * x.numel() * 4 / GIB  # (patch, reconstruction) per micro-batch
+    notes = ["the autoencoder has no gradient checkpointing: patch_size and batch size set its memory"]
+    if device == "cuda":
+        notes.append("not counted: CUDA context, cuDNN workspace, allocator fragmentation (~15% headroom)")
+    return AutoencoderMemoryEstimate(
+        autoencoder_parameters=n_ae,
+        discriminator_parameters=n_d,
+        patch=patch,
+        state_gib=state,
+        autoencoder_step_gib=generator,
+        discriminator_step_gib=critic,
+        total_gib=state + max(generator, critic) + kept,
+        notes=notes,
+    )
+
+
+@dataclass
+class SamplingMemoryEstimate:
+    """``sample`` of a latent run: U-Net steps at the latent grid, then tile-by-tile decoding."""
+
+    batch_size: int  # volumes denoised and decoded together (sample.batch_size)
+    latent_size: tuple[int, ...]
+    window: tuple[int, ...]  # decoding tile, in latent voxels
+    weights_gib: float  # the U-Net and the autoencoder, fp32, both on the device while decoding
+    unet_step_gib: float  # highest alive during one U-Net evaluation, plus the sampler's state
+    decode_gib: float  # one tile's decoder pass plus the full-size output and weight maps
+    total_gib: float  # weights + the larger of the two
+    notes: list[str] = field(default_factory=list)
+
+
+def estimate_sampling_memory(
+    cfg: Config, precision: str = "fp32", batch_size: int | None = None, device: str = "cuda"
+) -> SamplingMemoryEstimate:
+    """Peak memory of ``sample`` for a latent-space ``cfg`` (GiB), without running it.
+
+    U-Net: one evaluation at the latent grid under autocast for ``precision``, without autograd, the
+    highest total of live tensors (``_LiveBytes``) plus x_t and four more latents of sampler state
+    (DPM-Solver++(2M) keeps its previous x-hat_0). Decoding (float32, as ``generate`` runs it): MONAI's
+    SlidingWindowInferer at windows of ``autoencoder.patch_size`` / f, one at a time; the decoder's
+    live peak over one window, plus what the inferer holds over the whole volume: the output
+    [B, 1, *image_size] and its count map, the window's weight map at both sizes and the weighted
+    window it adds in.
+    """
+    from medddpm.models.autoencoder import build_autoencoder, downsampling
+
+    ac, mc = cfg.autoencoder, unet_model_config(cfg)
+    batch_size = batch_size or cfg.sample.batch_size
+    f = downsampling(ac)
+    latent = tuple(int(s) // f for s in cfg.data.image_size)
+    window = tuple(min(p // f, s) for p, s in zip(ac.patch_size, latent, strict=True))
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    with torch.device("meta"):
+        unet, autoencoder = build_unet(mc), build_autoencoder(ac)
+    channels = mc.latent_channels
+    x = torch.empty(batch_size, channels, *latent, device="meta")
+    t = torch.zeros(batch_size, dtype=torch.long, device="meta")
+    unet_peak = _inference_peak_bytes(lambda: unet(x, t), low, device, [*unet.parameters(), x, t])
+    tile = torch.empty(1, channels, *window, device="meta")
+    decoder_peak = _inference_peak_bytes(
+        lambda: autoencoder.decode(tile), None, device, [*autoencoder.parameters(), tile]
+    )
+    voxels, window_voxels = math.prod(cfg.data.image_size), math.prod(w * f for w in window)
+    inferer = 4 * ((batch_size + 1) * voxels + math.prod(window) + 2 * window_voxels)
+    weights = sum(p.numel() for n in (unet, autoencoder) for p in n.parameters()) * 4
+    unet_step = unet_peak + 5 * x.numel() * 4
+    decode = decoder_peak + inferer + x.numel() * 4
+    notes = [f"decoding {batch_size} volume(s) of {'x'.join(map(str, cfg.data.image_size))} in float32"]
+    if device == "cuda":
+        notes.append("not counted: CUDA context, cuDNN workspace, allocator fragmentation (~15% headroom)")
+    return SamplingMemoryEstimate(
+        batch_size=batch_size,
+        latent_size=latent,
+        window=window,
+        weights_gib=weights / GIB,
+        unet_step_gib=unet_step / GIB,
+        decode_gib=decode / GIB,
+        total_gib=(weights + max(unet_step, decode)) / GIB,
+        notes=notes,
+    )

@@ -39,6 +39,17 @@ def test_info_table(capsys):
     assert "33x41x25" in out and "LAS" in out and ">i2" in out
 
 
+def test_info_without_a_path_lists_every_preset_and_what_it_fits(capsys):
+    from medddpm.config import PRESET_DIR
+
+    code, out, _ = run_cli(["info"], capsys)
+    assert code == 0
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") == 4}
+    assert set(PRESET_DIR.glob("*.yaml")) and {p.stem for p in PRESET_DIR.glob("*.yaml")} <= set(rows)
+    assert "one 80 GB GPU" in rows["ct-256-wavelet"] and "one 24 GB GPU" in rows["brain-mri-1mm"]
+    assert "a CPU" in rows["tiny"]
+
+
 def test_info_folder_flags_bad_files(tmp_path: Path, capsys):
     write_nifti(tmp_path / "good.nii.gz", np.random.rand(6, 6, 6).astype(np.float32))
     (tmp_path / "bad.nii.gz").write_text("text")
@@ -94,6 +105,35 @@ def test_dry_run_shows_the_conditioning_and_the_parameters_it_adds(scan_dir: Pat
     code, out, err = run_cli([*args, "--conditions", str(bad)], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "no row for scan" in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_train_autoencoder_dry_run_prints_its_estimate_and_writes_nothing(
+    scan_dir: Path, tmp_path: Path, capsys
+):
+    """The autoencoder's and discriminator's parameter counts (the real networks'), the patch the
+    estimate is for (autoencoder.patch_size cut to the volume) and the estimated peak."""
+    from medddpm.config import build_config
+    from medddpm.models.autoencoder import build_autoencoder, build_discriminator
+
+    args = ["--set", "autoencoder.channels=[8,16]", "--set", "autoencoder.norm_num_groups=4"]
+    args += ["--set", "autoencoder.patch_size=64", "--image-size", "32", "--batch-size", "3"]
+    out = tmp_path / "ae"
+    code, _, err = run_cli(
+        ["train-autoencoder", str(scan_dir), "--output", str(out), *args, "--dry-run"], capsys
+    )
+    err = " ".join(err.split())
+    assert code == 0, err
+    ac = build_config(None, ["autoencoder.channels=[8,16]", "autoencoder.norm_num_groups=4"]).autoencoder
+    n_ae = sum(p.numel() for p in build_autoencoder(ac).parameters())
+    n_d = sum(p.numel() for p in build_discriminator(ac).parameters())
+    assert f"{n_ae:,} parameters" in err and f"PatchDiscriminator: {n_d:,} parameters" in err
+    assert "4 usable" in err and "batch 3 of 32x32x32 patches" in err and "estimated peak" in err
+    assert not out.exists()
+    # patches the discriminator cannot take: the training's own one-line refusal, exit 2
+    args = ["train-autoencoder", str(scan_dir), "--output", str(out), "--image-size", "16", "--dry-run"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "too small for a discriminator" in err, err
+    assert not out.exists()
 
 
 def test_train_then_resume_through_cli(scan_dir: Path, tmp_path: Path, capsys):

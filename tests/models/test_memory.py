@@ -143,3 +143,160 @@ def test_reduced_cuda_benchmark_runs_without_a_gpu():
     assert len(results) == 2 and all(r["measured_peak_gib"] > r["measured_state_gib"] > 0 for r in results)
     table = bench.measured_table(results, title)
     assert table.count("| tiny | 8³ |") == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# The latent space's two stages
+
+TINY_AE = [  # a 3-level autoencoder (4x downsampling) small enough to run on a CPU in a second
+    "autoencoder.channels=[8,16,16]",
+    "autoencoder.norm_num_groups=4",
+    "autoencoder.discriminator_channels=8",
+    "autoencoder.discriminator_layers=2",
+]
+
+
+def latent_config(size: int = 32, *extra: str):
+    return build_config("tiny", [f"data.image_size={size}", "model.space=latent", *TINY_AE, *extra])
+
+
+def test_live_bytes_follow_a_hand_count():
+    """x * 2 (4000 bytes) -> + 1 (8000 alive) -> the first freed (4000) -> a view (no bytes) -> cat of
+    two (12000 alive) -> a sum (4 bytes): the highest is 12004; tensors made before are not counted."""
+    from medddpm.models.memory import _inference_peak_bytes
+
+    x = torch.empty(1000, device="meta")
+
+    def forward():
+        a = x * 2
+        b = a + 1
+        del a
+        c = b.view(10, 100)
+        d = torch.cat([c.flatten(), b])
+        return d.sum()
+
+    assert _inference_peak_bytes(forward, device="cpu") == 12004
+
+
+def test_autoencoder_estimate_adds_up_and_follows_patch_and_batch():
+    from medddpm.models.memory import estimate_autoencoder_memory
+
+    cfg = latent_config(64, "autoencoder.patch_size=32")
+    e = estimate_autoencoder_memory(cfg, "fp32", 1)
+    kept = 2 * 32**3 * 4 / GIB  # the patch and its reconstruction, kept for the discriminator
+    assert e.total_gib == pytest.approx(
+        e.state_gib + max(e.autoencoder_step_gib, e.discriminator_step_gib) + kept
+    )
+    assert e.state_gib == pytest.approx(
+        (5 * e.autoencoder_parameters + 4 * e.discriminator_parameters) * 4 / GIB
+    )
+    assert e.patch == (32, 32, 32) and e.autoencoder_step_gib > e.discriminator_step_gib > 0
+    # activations scale with the voxels of a patch and with the batch
+    bigger = estimate_autoencoder_memory(latent_config(64, "autoencoder.patch_size=64"), "fp32", 1)
+    assert bigger.autoencoder_step_gib == pytest.approx(8 * e.autoencoder_step_gib, rel=0.05)
+    assert estimate_autoencoder_memory(cfg, "fp32", 2).autoencoder_step_gib == pytest.approx(
+        2 * e.autoencoder_step_gib, rel=0.02
+    )
+    # patches are cut to the volume; bf16 (CUDA rules) keeps GroupNorm in fp32, so saves less than half
+    assert (
+        estimate_autoencoder_memory(latent_config(16, "autoencoder.patch_size=32"), "fp32", 1).patch
+        == (16,) * 3
+    )
+    assert (
+        0.5 < estimate_autoencoder_memory(cfg, "bf16", 1).autoencoder_step_gib / e.autoencoder_step_gib < 0.95
+    )
+    # without the adversarial loss, no discriminator pass in either step
+    plain = estimate_autoencoder_memory(
+        latent_config(64, "autoencoder.patch_size=32", "autoencoder.adversarial_weight=0"), "fp32", 1
+    )
+    assert plain.discriminator_step_gib == 0 and plain.autoencoder_step_gib < e.autoencoder_step_gib
+
+
+def test_sampling_estimate_adds_up_and_follows_size_batch_and_tiles():
+    from medddpm.models.memory import estimate_sampling_memory
+
+    cfg = latent_config(64, "autoencoder.patch_size=32", "sample.batch_size=2")
+    s = estimate_sampling_memory(cfg, "fp32")
+    assert s.batch_size == 2 and s.latent_size == (16, 16, 16) and s.window == (8, 8, 8)
+    assert s.total_gib == pytest.approx(s.weights_gib + max(s.unet_step_gib, s.decode_gib))
+    # the inferer's full-size output (per volume) and count map grow with the volume, not the tile
+    larger = estimate_sampling_memory(latent_config(128, "autoencoder.patch_size=32", "sample.batch_size=2"))
+    grown = (3 * (128**3 - 64**3) + 2 * 4 * (32**3 - 16**3)) * 4 / GIB  # output x 2, count map; z x 2
+    assert larger.decode_gib - s.decode_gib == pytest.approx(grown, rel=0.02)
+    assert larger.unet_step_gib == pytest.approx(8 * s.unet_step_gib, rel=0.1)
+    # larger tiles: a larger decoder pass
+    assert estimate_sampling_memory(latent_config(64, "autoencoder.patch_size=64")).decode_gib > s.decode_gib
+    assert estimate_sampling_memory(cfg, "fp32", batch_size=4).unet_step_gib > 1.9 * s.unet_step_gib
+
+
+def _measure_in_subprocess(code: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_autoencoder_estimate_matches_a_measured_cpu_step():
+    """The generator step's forward at a 32³ patch, run for real on a CPU in a fresh process: what the
+    graph holds when the forward pass (losses included) ends is what the estimate counts, within 10 %."""
+    from medddpm.models.memory import estimate_autoencoder_memory
+
+    overrides = ["data.image_size=32", "model.space=latent", *TINY_AE, "autoencoder.patch_size=32"]
+    estimate = estimate_autoencoder_memory(build_config("tiny", overrides), "fp32", 1, device="cpu")
+    code = f"""
+import json, torch
+from medddpm.config import build_config
+from medddpm.models.autoencoder import build_autoencoder, build_discriminator
+from medddpm.models.memory import GIB, _Meter
+from medddpm.training.autoencoder import kl_divergence
+cfg = build_config("tiny", {overrides!r})
+torch.manual_seed(0)
+ae, d = build_autoencoder(cfg.autoencoder), build_discriminator(cfg.autoencoder)
+x = torch.rand(1, 1, 32, 32, 32) * 2 - 1
+meter = _Meter(torch.device("cpu"))
+ae(x); d(x)  # warm-up: first-call allocations
+meter.reset()
+reconstruction, mu, sigma = ae(x)
+loss = torch.nn.functional.l1_loss(reconstruction, x) + kl_divergence(mu, sigma)
+logits = d(reconstruction.contiguous())[-1]
+loss = loss + torch.nn.functional.mse_loss(logits, torch.ones_like(logits))
+print(json.dumps({{"held": meter.now() / GIB}}))
+"""
+    measured = _measure_in_subprocess(code)
+    assert measured["held"] == pytest.approx(estimate.autoencoder_step_gib, rel=0.10)
+
+
+def test_decode_estimate_matches_a_measured_tiled_decode():
+    """Tiled decoding of a 64³ volume in 16³ tiles (4³ latent windows, no overlap), run for real on a
+    CPU in a fresh process: the peak is the estimate's decoding memory (the decoder's live tensors, the
+    inferer's full-size output and count map) plus CPU conv3d's unfold buffer, which GPUs do not have
+    (C_in x 27 x output voxels x 4 bytes for the decoder's 16-channel convolutions at the tile's 16³):
+    all of it (2 % below for page rounding), and at most 10 % more (MONAI's small per-window tensors,
+    glibc)."""
+    from medddpm.models.memory import estimate_sampling_memory
+
+    overrides = ["data.image_size=64", "model.space=latent", *TINY_AE, "autoencoder.patch_size=16"]
+    cfg = build_config("tiny", overrides)
+    estimate = estimate_sampling_memory(cfg, "fp32", batch_size=1, device="cpu")
+    assert estimate.window == (4, 4, 4)
+    latent = 4 * 16**3 * 4 / GIB  # z: made before the measurement starts
+    code = f"""
+import json, torch
+from medddpm.config import build_config
+from medddpm.models.autoencoder import build_autoencoder, decode_tiled
+from medddpm.models.memory import GIB, _Meter
+cfg = build_config("tiny", {overrides!r})
+torch.manual_seed(0)
+ae = build_autoencoder(cfg.autoencoder).eval()
+z = torch.randn(1, 4, 16, 16, 16)
+meter = _Meter(torch.device("cpu"))
+decode_tiled(ae, z, (4, 4, 4), overlap=0.0)  # warm-up
+peaks = []
+for _ in range(3):
+    meter.reset()
+    decode_tiled(ae, z, (4, 4, 4), overlap=0.0)
+    peaks.append(meter.peak() / GIB)
+print(json.dumps({{"peak": min(peaks)}}))
+"""
+    measured = _measure_in_subprocess(code)["peak"]  # the least of three: allocator noise only adds
+    unfold = 16 * 27 * 16**3 * 4 / GIB
+    expected = estimate.decode_gib - latent + unfold
+    assert 0.98 * expected <= measured <= 1.10 * expected, (measured * 1024, expected * 1024)

@@ -194,3 +194,43 @@ def test_sampling_refuses_autoencoder_weights_other_than_the_run_was_trained_wit
         lines
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_with_an_autoencoder_estimates_both_stages_from_its_folder(
+    latent_run, tmp_path: Path, capsys
+):
+    """``train --autoencoder AE_DIR --dry-run`` checks the folder, takes its autoencoder section
+    (2 levels: 2x downsampling, not the config's 4x) and prints the U-Net's training estimate at the
+    latent grid and the sampling estimate with tiled decoding; it writes nothing. A folder that is not
+    an autoencoder's is the same one-line error as without --dry-run."""
+    from medddpm.cli import main
+
+    scans, ae_dir, _, run = latent_run
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        main(
+            [
+                "train",
+                str(scans),
+                "--output",
+                str(out),
+                "--config",
+                "tiny",
+                "--autoencoder",
+                str(ae_dir),
+                "--dry-run",
+            ]
+        )
+        raise SystemExit(0)
+    err = " ".join(capsys.readouterr().err.split())
+    assert not e.value.code, err
+    assert "U-Net in latent space: 4 channel(s) at 8x8x8 voxels" in err  # 16³ volumes, 2x per side
+    assert f"autoencoder from {ae_dir.resolve()}: channels [8, 16], 4 latent channels, 2x" in err
+    assert "decoded in tiles of 8x8x8 latent voxels" in err and "estimated sampling peak" in err
+    assert not out.exists()
+
+    code, lines = _run_cli(
+        "train", str(scans), "--output", str(out), "--config", "tiny", "--autoencoder", str(run), "--dry-run"
+    )
+    assert code == 2 and len(lines) == 1 and "not an autoencoder folder" in lines[0], lines
+    assert not out.exists()
