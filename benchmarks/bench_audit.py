@@ -88,7 +88,12 @@ def main(argv: list[str] | None = None) -> dict:
     for stage, seconds in result.seconds.items():
         if stage != "total":
             print(f"  {stage:<16} {seconds:7.1f}s {result.cpu_seconds[stage]:7.1f}s")
-    print(f"verdict: {r['headline']}; flagged {r['n_flagged']} of {r['n_synthetic']} ({args.copies} planted)")
+    planted = [p for p in r["pairs"]["synthetic"] if p["file"].startswith("copy")]
+    found = sum(p["flagged"] for p in planted)
+    print(f"verdict: {r['headline']} (exceedance p = {r['exceedance_p_value']:.3g})")
+    print(
+        f"flagged {r['n_flagged']} of {r['n_synthetic']}; planted copies flagged: {found} of {len(planted)}"
+    )
     if args.n == 1000 and args.size == 64:
         print("target (1000 x 1000 at 64³): under 600 s:", "met" if wall < 600 else "NOT met")
     else:
