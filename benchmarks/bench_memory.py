@@ -196,7 +196,7 @@ def presets_table() -> str:
 
     rows = [
         "| preset | space | U-Net grid | precision | train (batch) | train-autoencoder (patch, batch) "
-        "| sample (batch, decoding tile) | sized for |",
+        "| sample (batch, largest decoder activation, slab voxels) | sized for |",
         "|---|---|---|---|---:|---:|---:|---|",
     ]
     for path in sorted(PRESET_DIR.glob("*.yaml")):
@@ -212,7 +212,9 @@ def presets_table() -> str:
             a = estimate_autoencoder_memory(cfg, precision)
             s = estimate_sampling_memory(cfg, precision)
             autoencoder = f"{a.total_gib:.2f} ({size(a.patch)}, {cfg.train.batch_size})"
-            sampling = f"{s.total_gib:.2f} ({s.batch_size}, {size(s.window)} latent)"
+            sampling = (
+                f"{s.total_gib:.2f} ({s.batch_size}, {size(s.largest_activation[1:])}, {s.slab_voxels})"
+            )
         rows.append(
             f"| `{path.stem}` | {cfg.model.space} | {grid} | {precision} | {train.total_gib:.2f} "
             f"({cfg.train.batch_size}) | {autoencoder} | {sampling} | {fits} |"

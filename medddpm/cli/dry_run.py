@@ -77,7 +77,7 @@ def _table(console: Console, rows: list[tuple[str, float]], notes: list[str]) ->
 def dry_run(cfg: Config, data_dir: Path, console: Console, conditions: Path | None = None) -> None:
     """Print the resolved config, a dataset summary, the conditioning (with a ``conditions`` table), the
     model size and the peak-memory estimate; in latent space also the sampling estimate (U-Net steps at
-    the latent grid, tiled decoding). Bad input (no scans, a table that does not match them) is an
+    the latent grid, slab decoding). Bad input (no scans, a table that does not match them) is an
     InputError before anything is printed."""
     matched = _config_and_data(cfg, data_dir, console, conditions)
     if matched is not None:
@@ -109,22 +109,23 @@ def dry_run(cfg: Config, data_dir: Path, console: Console, conditions: Path | No
         return
     ac = cfg.autoencoder
     source = cfg.latent.autoencoder or "the config's autoencoder section (no --autoencoder given)"
-    console.rule("sampling: latent steps and tiled decoding")
+    console.rule("sampling: latent steps and slab decoding")
     console.print(
         f"autoencoder from {source}: channels {list(ac.channels)}, {ac.latent_channels} latent channels, "
         f"{space.factor}x downsampling per side"
     )
     sampling = estimate_sampling_memory(cfg, precision)
     console.print(
-        f"sample.batch_size {sampling.batch_size}; decoded in tiles of {_size(sampling.window)} "
-        f"latent voxels (overlap {ac.overlap})"
+        f"sample.batch_size {sampling.batch_size}; decoded layer by layer in slabs of at most "
+        f"{sampling.slab_voxels} output voxels (autoencoder.slab_voxels); largest activation held whole: "
+        f"{sampling.largest_activation[1]} channels at {_size(sampling.largest_activation[2:])} per volume"
     )
     _table(
         console,
         [
             ("weights: U-Net and autoencoder (fp32)", sampling.weights_gib),
             (f"U-Net step ({precision}, no autograd)", sampling.unet_step_gib),
-            ("tiled decoding (fp32)", sampling.decode_gib),
+            ("slab decoding (fp32)", sampling.decode_gib),
             ("estimated sampling peak", sampling.total_gib),
         ],
         sampling.notes,

@@ -18,7 +18,7 @@ Weights, gradients, AdamW moments and the EMA copy are counted from the paramete
 The latent space's two stages, by the same method: ``estimate_autoencoder_memory`` (one
 ``train-autoencoder`` step: the AutoencoderKL on a batch of patches, the discriminator's verdict on the
 reconstruction, then the discriminator's own step) and ``estimate_sampling_memory`` (``sample``: U-Net
-evaluations at the latent grid and tile-by-tile decoding). Inference keeps no graph, so there the
+evaluations at the latent grid and slab-by-slab decoding). Inference keeps no graph, so there the
 count is of tensors alive at once: a dispatch mode adds each operation's outputs and a weakref
 finalizer takes them off when freed (``_LiveBytes``), which is what the allocator holds.
 
@@ -334,7 +334,7 @@ def measure_training_step(
 
 
 # ---------------------------------------------------------------------------------------------
-# The latent space's two stages: training the autoencoder, and sampling (U-Net steps, tiled decoding)
+# The latent space's two stages: training the autoencoder, and sampling (U-Net steps, slab decoding)
 
 
 def unet_model_config(cfg: Config):
@@ -496,16 +496,32 @@ def estimate_autoencoder_memory(
 
 @dataclass
 class SamplingMemoryEstimate:
-    """``sample`` of a latent run: U-Net steps at the latent grid, then tile-by-tile decoding."""
+    """``sample`` of a latent run: U-Net steps at the latent grid, then slab-by-slab decoding."""
 
     batch_size: int  # volumes denoised and decoded together (sample.batch_size)
     latent_size: tuple[int, ...]
-    window: tuple[int, ...]  # decoding tile, in latent voxels
+    slab_voxels: int  # output voxels per slab of each decoder convolution (autoencoder.slab_voxels)
+    largest_activation: tuple[int, ...]  # the largest decoder layer output held whole, [B, C, D, H, W]
     weights_gib: float  # the U-Net and the autoencoder, fp32, both on the device while decoding
     unet_step_gib: float  # highest alive during one U-Net evaluation, plus the sampler's state
-    decode_gib: float  # one tile's decoder pass plus the full-size output and weight maps
+    decode_gib: float  # the slab decode's highest: held activations, one slab's working set, the output
     total_gib: float  # weights + the larger of the two
     notes: list[str] = field(default_factory=list)
+
+
+def _decoder_activations(autoencoder: torch.nn.Module, z: torch.Tensor) -> list[tuple[int, ...]]:
+    """Output shapes of the decoder's layers (post_quant_conv, then each decoder block) for latent
+    ``z``, recorded by forward hooks on one meta-tensor pass."""
+    shapes: list[tuple[int, ...]] = []
+    layers = [autoencoder.post_quant_conv, *autoencoder.decoder.blocks]
+    handles = [m.register_forward_hook(lambda m, a, o: shapes.append(tuple(o.shape))) for m in layers]
+    try:
+        with torch.no_grad():
+            autoencoder.decode(z)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
 
 
 def estimate_sampling_memory(
@@ -515,19 +531,21 @@ def estimate_sampling_memory(
 
     U-Net: one evaluation at the latent grid under autocast for ``precision``, without autograd, the
     highest total of live tensors (``_LiveBytes``) plus x_t and four more latents of sampler state
-    (DPM-Solver++(2M) keeps its previous x-hat_0). Decoding (float32, as ``generate`` runs it): MONAI's
-    SlidingWindowInferer at windows of ``autoencoder.patch_size`` / f, one at a time; the decoder's
-    live peak over one window, plus what the inferer holds over the whole volume: the output
-    [B, 1, *image_size] and its count map, the window's weight map at both sizes and the weighted
-    window it adds in.
+    (DPM-Solver++(2M) keeps its previous x-hat_0). Decoding (float32, as ``generate`` runs it):
+    medddpm.models.slabs' ``decode_slabs`` itself, run on meta tensors at the whole latent
+    [B, C, *latent_size] with ``autoencoder.slab_voxels``, counting live tensors (``_LiveBytes``):
+    the layer activations it holds whole (a ResBlock's input, middle and output), one slab's working
+    set (normalised, SiLU, upsampled and padded input rows, the slab's output) and the output volume,
+    plus the latent z and its unscaled copy. Not counted: convolution workspaces (cuDNN; on a CPU,
+    conv3d's unfold buffer of C_in x 27 x one slab's output voxels).
     """
     from medddpm.models.autoencoder import build_autoencoder, downsampling
+    from medddpm.models.slabs import decode_slabs
 
     ac, mc = cfg.autoencoder, unet_model_config(cfg)
     batch_size = batch_size or cfg.sample.batch_size
     f = downsampling(ac)
     latent = tuple(int(s) // f for s in cfg.data.image_size)
-    window = tuple(min(p // f, s) for p, s in zip(ac.patch_size, latent, strict=True))
     low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     with torch.device("meta"):
         unet, autoencoder = build_unet(mc), build_autoencoder(ac)
@@ -535,22 +553,29 @@ def estimate_sampling_memory(
     x = torch.empty(batch_size, channels, *latent, device="meta")
     t = torch.zeros(batch_size, dtype=torch.long, device="meta")
     unet_peak = _inference_peak_bytes(lambda: unet(x, t), low, device, [*unet.parameters(), x, t])
-    tile = torch.empty(1, channels, *window, device="meta")
     decoder_peak = _inference_peak_bytes(
-        lambda: autoencoder.decode(tile), None, device, [*autoencoder.parameters(), tile]
+        lambda: decode_slabs(autoencoder, x / 1.0, ac.slab_voxels),  # z / scale_factor, then decode
+        None,
+        device,
+        [*autoencoder.parameters(), x],
     )
-    voxels, window_voxels = math.prod(cfg.data.image_size), math.prod(w * f for w in window)
-    inferer = 4 * ((batch_size + 1) * voxels + math.prod(window) + 2 * window_voxels)
+    largest = max(_decoder_activations(autoencoder, x), key=math.prod)
     weights = sum(p.numel() for n in (unet, autoencoder) for p in n.parameters()) * 4
     unet_step = unet_peak + 5 * x.numel() * 4
-    decode = decoder_peak + inferer + x.numel() * 4
-    notes = [f"decoding {batch_size} volume(s) of {'x'.join(map(str, cfg.data.image_size))} in float32"]
+    decode = decoder_peak + x.numel() * 4  # the sampled latent, alive throughout
+    notes = [
+        f"decoding {batch_size} volume(s) of {'x'.join(map(str, cfg.data.image_size))} in float32, "
+        f"layer by layer in slabs of at most {ac.slab_voxels} output voxels"
+    ]
+    if ac.attention:
+        notes.append("the decoder's self-attention runs on the whole bottleneck (no slabs there)")
     if device == "cuda":
         notes.append("not counted: CUDA context, cuDNN workspace, allocator fragmentation (~15% headroom)")
     return SamplingMemoryEstimate(
         batch_size=batch_size,
         latent_size=latent,
-        window=window,
+        slab_voxels=ac.slab_voxels,
+        largest_activation=largest,
         weights_gib=weights / GIB,
         unet_step_gib=unet_step / GIB,
         decode_gib=decode / GIB,

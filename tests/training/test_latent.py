@@ -226,7 +226,9 @@ def test_dry_run_with_an_autoencoder_estimates_both_stages_from_its_folder(
     assert not e.value.code, err
     assert "U-Net in latent space: 4 channel(s) at 8x8x8 voxels" in err  # 16³ volumes, 2x per side
     assert f"autoencoder from {ae_dir.resolve()}: channels [8, 16], 4 latent channels, 2x" in err
-    assert "decoded in tiles of 8x8x8 latent voxels" in err and "estimated sampling peak" in err
+    assert "decoded layer by layer in slabs of at most 65536 output voxels" in err
+    assert "largest activation held whole: 16 channels at 16x16x16 per volume" in err
+    assert "estimated sampling peak" in err
     assert not out.exists()
 
     code, lines = _run_cli(
