@@ -108,7 +108,7 @@ def test_demo_command_end_to_end_on_the_tiny_config(tmp_path: Path, capsys, monk
     assert "at least 2 categories with 2 volumes" in check["unavailable"]
     assert str(out / "report" / "report.html") in stderr.replace("\n", "")
     assert "samples preview" in stderr
-    likeness = re.search(r"synthetic (-?[\d.]+), held-out real\s+scans (-?[\d.]+)", stdout)
+    likeness = re.search(r"synthetic (-?[\d.]+), held-out real scans (-?[\d.]+)", " ".join(stdout.split()))
     assert likeness and all(-1 <= float(v) <= 1 for v in likeness.groups()), stdout
     cores = available_cores()  # all of them by default, not cores minus the load average
     assert f"({cores} CPU thread{'s' if cores > 1 else ''})" in " ".join(stderr.split())
@@ -152,7 +152,7 @@ def fake_stages(monkeypatch) -> dict[str, list[int]]:
 
     def sample(run_dir, out_dir, num, **kwargs):
         record("sample", out_dir)
-        return SimpleNamespace(out_dir=out_dir)
+        return SimpleNamespace(out_dir=out_dir, files=[])
 
     def evaluate(real_dir, synth_dir, report_dir, **kwargs):
         record("evaluate", report_dir)

@@ -25,7 +25,9 @@ def demo(
     ] = Path("medddpm-demo"),
     minutes: Annotated[
         float | None,
-        typer.Option("--minutes", help="Training minutes (default 7; the rest of the demo takes about 3)."),
+        typer.Option(
+            "--minutes", help="Ceiling on training minutes (default 10; the config's steps take ~8)."
+        ),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     config: Annotated[str, typer.Option("--config", "-c", help="Preset or YAML file to train.")] = "demo",

@@ -87,7 +87,8 @@ def sampling_progress():
 
 
 def demo_training_progress(budget_seconds: float):
-    """A rich progress bar of training against its time budget, with step and loss."""
+    """A rich progress bar of training, with step and loss: the time budget or the step count, whichever
+    is nearer its end (the demo stops at the first of the two)."""
     import contextlib
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -109,8 +110,9 @@ def demo_training_progress(budget_seconds: float):
             nonlocal task
             if task is None:
                 progress.start()
-                task = progress.add_task("train", total=budget_seconds, step=0, loss="-")
-            progress.update(task, completed=entry.seconds, step=entry.step, loss=f"{entry.loss:.4f}")
+                task = progress.add_task("train", total=1.0, step=0, loss="-")
+            done = max(entry.seconds / budget_seconds, entry.step / max(entry.max_steps, 1))
+            progress.update(task, completed=min(done, 1.0), step=entry.step, loss=f"{entry.loss:.4f}")
 
         try:
             yield on_step
