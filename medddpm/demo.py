@@ -390,7 +390,10 @@ def run_demo(
             cohort = make_cohort(output / "cohort", n_subjects, size[0], seed, log=log)
 
         with stage("train"):
-            log(f"Training for {minutes:g} minutes ({threads} CPU thread{'s' if threads > 1 else ''}) ...")
+            log(
+                f"Training for {cfg.train.max_steps} steps or {minutes:g} minutes, whichever ends first "
+                f"({threads} CPU thread{'s' if threads > 1 else ''}) ..."
+            )
             trained = train(
                 cfg,
                 cohort.train_dir,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from medddpm.cli import main
+from medddpm.config import build_config
 from medddpm.data.nifti import read_scan
 from medddpm.demo import INSTALL_HINT, Cohort, make_cohort
 from medddpm.output_folder import DEMO_FOLDER
@@ -184,7 +185,11 @@ def test_demo_runs_on_every_core_unless_told_and_says_how_many(
     assert code == 0, stderr
     plural = "s" if expected > 1 else ""
     said = " ".join(stderr.split())
-    assert f"Training for 0.01 minutes ({expected} CPU thread{plural})" in said
+    steps = build_config("tiny").train.max_steps
+    assert (
+        f"Training for {steps} steps or 0.01 minutes, whichever ends first ({expected} CPU thread{plural})"
+        in said
+    )
     assert "Demo done" in said and "(3 training steps)" in said
     assert fake_stages == {stage: [expected] for stage in ("cohort", "train", "sample", "evaluate")}
     assert torch.get_num_threads() == before  # restored afterwards
