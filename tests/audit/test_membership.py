@@ -86,7 +86,7 @@ def test_audit_with_a_run_reports_the_membership_signal(cohort, tiny_run: Path, 
         run_dir=tiny_run, device="cpu",
     )  # fmt: skip
     m = json.loads((tmp_path / "a" / "audit.json").read_text())["membership"]
-    assert m["n_train"] == 12 and m["n_heldout"] == 12 and m["timesteps"] == [166, 500, 833]
+    assert m["n_train"] == 12 and m["n_heldout"] == 40 and m["timesteps"] == [166, 500, 833]
     assert m["noises_per_timestep"] == 2 and sorted(m["losses"]["training"]) == [
         f"t{i:02d}.nii.gz" for i in range(12)
     ]
