@@ -51,6 +51,8 @@ from medddpm.models.spaces import config_space
 from medddpm.models.unet import build_unet
 
 GIB = 2**30
+CUDA_NOT_COUNTED = "not counted: CUDA context, cuDNN workspace, allocator fragmentation (~15% headroom)"
+"""The note every CUDA estimate carries: what none of them counts."""
 
 # CUDA autocast's policy (aten/src/ATen/autocast_mode.cpp) for the functions a DiffusionModelUNet
 # and the loss call, by the name the function mode sees. Anything else runs in its inputs' dtype.
@@ -193,7 +195,7 @@ def estimate_memory(
     if not cfg.model.use_flash_attention and any(cfg.model.attention_levels):
         notes.append("attention matrices counted in full (flash attention off)")
     if device == "cuda":
-        notes.append("not counted: CUDA context, cuDNN workspace, allocator fragmentation (~15% headroom)")
+        notes.append(CUDA_NOT_COUNTED)
     return MemoryEstimate(
         parameters=n_params,
         weights_gib=weights,
@@ -481,7 +483,7 @@ def estimate_autoencoder_memory(
     kept = cfg.train.grad_accum * 2 * x.numel() * 4 / GIB  # (patch, reconstruction) per micro-batch
     notes = ["the autoencoder has no gradient checkpointing: patch_size and batch size set its memory"]
     if device == "cuda":
-        notes.append("not counted: CUDA context, cuDNN workspace, allocator fragmentation (~15% headroom)")
+        notes.append(CUDA_NOT_COUNTED)
     return AutoencoderMemoryEstimate(
         autoencoder_parameters=n_ae,
         discriminator_parameters=n_d,
@@ -570,7 +572,7 @@ def estimate_sampling_memory(
     if ac.attention:
         notes.append("the decoder's self-attention runs on the whole bottleneck (no slabs there)")
     if device == "cuda":
-        notes.append("not counted: CUDA context, cuDNN workspace, allocator fragmentation (~15% headroom)")
+        notes.append(CUDA_NOT_COUNTED)
     return SamplingMemoryEstimate(
         batch_size=batch_size,
         latent_size=latent,
