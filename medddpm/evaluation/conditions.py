@@ -25,11 +25,17 @@ against what the sample requested: accuracy (categorical) or Pearson's r and the
 error (continuous). A model that ignores a condition makes samples whose predicted variable does not
 follow the request: accuracy near chance (the largest category's share), r near 0.
 
-The reading compares the synthetic score with the ceiling, above chance: for a categorical variable
-(accuracy - chance) / (ceiling - chance), for a continuous one r_synthetic / r_real. At least
-OBEYED_FRACTION: obeyed; at most IGNORED_FRACTION: ignored; between: partly. When the ceiling itself
-is close to chance (accuracy within MIN_CEILING_GAIN of chance, or r_real below MIN_CEILING_R), the
-features do not show the variable even in real scans and the check cannot tell: undetermined.
+The reading compares the synthetic score with the ceiling, above chance, in measures a set-wide
+shift of the synthetic features does not move (synthetic volumes a little blurred or with a noise
+floor lie apart from the real ones in feature space, and a model fitted on real features then moves
+all its predictions alike): for a categorical variable the ranking, (AUC - 0.5) / (AUC_real - 0.5),
+with the mean one-vs-rest ROC AUC of the predicted probabilities; for a continuous one r_synthetic /
+r_real. When every synthetic volume asked for one category there is no ranking to read, and the
+accuracy is read instead, (accuracy - chance) / (ceiling - chance). At least OBEYED_FRACTION: obeyed;
+at most IGNORED_FRACTION: ignored; between: partly. When the ceiling itself is close to chance (within
+MIN_CEILING_GAIN of it, or r_real below MIN_CEILING_R), the features do not show the variable even in
+real scans and the check cannot tell: undetermined. Accuracy and error are reported beside: they
+are what a shift does move.
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ OBEYED_FRACTION = 0.7
 IGNORED_FRACTION = 0.3
 MIN_CEILING_GAIN = 0.1
 """Cross-validated accuracy must beat chance by this much for the check to say anything."""
+COLLAPSED_SHARE = 0.9
+"""The classifier putting at least this share of the synthetic volumes in one category, when fewer
+asked for it, is named in the sentence: a set-wide shift, not the condition, decides its accuracy."""
 MIN_CEILING_R = 0.3
 """Cross-validated correlation on the real set below which the check says nothing."""
 SIDECAR_SUFFIXES = (".nii.gz", ".nii")
@@ -268,6 +277,24 @@ def pearson_r(x: np.ndarray, y: np.ndarray) -> float | None:
     return float(np.clip((xc @ yc) / math.sqrt((xc @ xc) * (yc @ yc)), -1.0, 1.0))
 
 
+def ovr_auc(labels: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float | None:
+    """Mean one-vs-rest ROC AUC of ``proba`` [N, len(classes)] against ``labels``, over the classes
+    that label some volumes but not all; None when there is no such class (one label only).
+
+    The AUC ranks volumes by their score for a class, so it does not move when every score moves
+    alike: a synthetic set whose features lie apart from the real ones as a whole (blur, a noise
+    floor) shifts every prediction towards one category and costs accuracy, not AUC.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    aucs = []
+    for j, c in enumerate(classes):
+        positive = labels == c
+        if 0 < positive.sum() < len(labels):
+            aucs.append(float(roc_auc_score(positive, proba[:, j])))
+    return float(np.mean(aucs)) if aucs else None
+
+
 def _largest_share(labels: Sequence[str]) -> float:
     """The accuracy of always guessing the commonest label: chance for a classifier."""
     _, counts = np.unique(np.asarray(labels, dtype=str), return_counts=True)
@@ -318,21 +345,37 @@ def check_variable(
             return _unavailable(var, why, **counts)
         folds = int(min(MAX_FOLDS, per_category.min()))
         cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-        ceiling = float(np.mean(cross_val_predict(model.build(), Xr, yr, cv=cv) == yr))
+        cv_proba = cross_val_predict(model.build(), Xr, yr, cv=cv, method="predict_proba")
+        fitted = model.build().fit(Xr, yr)
+        classes = fitted.classes_
+        ceiling = float(np.mean(classes[cv_proba.argmax(1)] == yr))
         chance_real = _largest_share(list(yr))
-        accuracy = float(np.mean(model.build().fit(Xr, yr).predict(Xs) == ys))
-        chance_synth = _largest_share(list(ys))
+        predicted = fitted.predict(Xs)
+        accuracy = float(np.mean(predicted == ys))
+        auc_real, auc_synth = ovr_auc(yr, cv_proba, classes), ovr_auc(ys, fitted.predict_proba(Xs), classes)
+        # chance: guessing the commonest request; when all asked for one category, a classifier that
+        # ignores the request hits it as often as the real set holds it
+        chance_synth = _largest_share(list(ys)) if auc_synth is not None else float(np.mean(yr == ys[0]))
         entry = {
             "variable": var.name,
             "kind": var.kind,
             "model": model.description,
             **counts,
-            "real_cv": {"accuracy": ceiling, "chance": chance_real, "folds": folds},
-            "synthetic": {"accuracy": accuracy, "chance": chance_synth},
+            "real_cv": {"accuracy": ceiling, "chance": chance_real, "auc": auc_real, "folds": folds},
+            "synthetic": {
+                "accuracy": accuracy,
+                "chance": chance_synth,
+                "auc": auc_synth,
+                "predicted_share": _largest_share(list(predicted)),
+            },
             "unavailable": None,
         }
-        gain = ceiling - chance_real
-        fraction = None if gain < MIN_CEILING_GAIN else (accuracy - chance_synth) / gain
+        if auc_real is not None and auc_synth is not None:  # the ranking: immune to a set-wide shift
+            gain = auc_real - 0.5
+            fraction = None if gain < MIN_CEILING_GAIN else (auc_synth - 0.5) / gain
+        else:  # every synthetic volume asked for one category: only the accuracy can be read
+            gain = ceiling - chance_real
+            fraction = None if gain < MIN_CEILING_GAIN else (accuracy - chance_synth) / gain
         entry["reading"] = _reading(fraction)
         entry["sentence"] = _categorical_sentence(var.name, entry, fraction)
         return entry
@@ -387,16 +430,27 @@ def _categorical_sentence(name: str, e: dict[str, Any], fraction: float | None) 
     text = (
         f"A classifier trained on the real volumes' features tells their '{name}' with "
         f"{real['accuracy']:.0%} accuracy in {real['folds']}-fold cross-validation "
-        f"(chance {real['chance']:.0%}); "
+        f"(chance {real['chance']:.0%}{_auc(real)}); "
         f"on the synthetic volumes it finds the requested '{name}' in {synth['accuracy']:.0%} "
-        f"(chance {synth['chance']:.0%})."
+        f"(chance {synth['chance']:.0%}{_auc(synth)})."
     )
+    if synth["auc"] is not None and synth["predicted_share"] >= COLLAPSED_SHARE > synth["chance"]:
+        text += (
+            f" It puts {synth['predicted_share']:.0%} of the synthetic volumes in one category: their "
+            "features lie apart from the real volumes' as a whole (precision and coverage show how far), "
+            "which moves every prediction alike, so the check reads the ranking of its scores (AUC), "
+            "which such a shift leaves alone."
+        )
     if fraction is None:
         return text + (
             f" The features hardly show '{name}' even in real volumes, so this check cannot say whether the "
             "model obeys it."
         )
     return text + " " + VERDICTS[e["reading"]].format(name=f"'{name}'")
+
+
+def _auc(score: dict[str, Any]) -> str:
+    return "" if score["auc"] is None else f"; AUC {score['auc']:.2f}, chance 0.50"
 
 
 def _fmt_r(r: float | None) -> str:

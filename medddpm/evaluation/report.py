@@ -233,7 +233,8 @@ def _score(entry: dict[str, Any], side: str) -> str:
     if score is None:
         return "–"
     if entry["kind"] == "categorical":
-        return f"accuracy {score['accuracy']:.0%} (chance {score['chance']:.0%})"
+        auc = "" if score.get("auc") is None else f", AUC {score['auc']:.2f}"
+        return f"accuracy {score['accuracy']:.0%} (chance {score['chance']:.0%}){auc}"
     r = "undefined" if score["r"] is None else f"{score['r']:.2f}"
     return f"r = {r}, MAE {score['mae']:.3g}"
 

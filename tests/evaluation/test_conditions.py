@@ -20,6 +20,7 @@ from medddpm.errors import InputError
 from medddpm.evaluation.conditions import (
     check_variable,
     condition_metrics,
+    ovr_auc,
     pearson_r,
     read_synthetic_conditions,
     stratum_metrics,
@@ -76,6 +77,43 @@ def test_a_categorical_condition_obeyed_reads_obeyed_and_one_ignored_reads_ignor
     assert bad["real_cv"] == good["real_cv"]  # the same model on the same real set
     assert "obeys this condition" in good["sentence"] and "ignore this condition" in bad["sentence"]
     assert "chance 50%" in bad["sentence"]
+
+
+def test_a_set_wide_shift_of_the_synthetic_features_reads_by_ranking_not_accuracy(groups):
+    """Samples that obey the condition but lie apart from the real set as a whole (a noise floor, blur):
+    the classifier puts them all in one group, so accuracy is at chance; the AUC still reads obeyed.
+    An ignored condition with the same shift stays ignored: the shift cannot make a condition look obeyed.
+    """
+    real_x, real, requested, obeyed, ignored = groups
+    shift = np.full(F, 3.0)
+    shift[0] = -8.0  # far past group B along the direction that tells the groups apart
+    good = check_variable(GROUP, real_x, real, obeyed + shift, requested, seed=0)
+    bad = check_variable(GROUP, real_x, real, ignored + shift, requested, seed=0)
+    assert good["synthetic"]["accuracy"] == 0.5 and good["synthetic"]["predicted_share"] == 1.0
+    assert good["synthetic"]["auc"] >= 0.95 and good["reading"] == "obeyed"
+    assert "puts 100% of the synthetic volumes in one category" in good["sentence"]
+    assert "AUC" in good["sentence"] and "obeys this condition" in good["sentence"]
+    assert abs(bad["synthetic"]["auc"] - 0.5) <= 0.15 and bad["reading"] == "ignored"
+
+
+def test_one_vs_rest_auc_is_sklearns_and_one_requested_category_falls_back_to_accuracy(groups):
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(5)
+    labels = np.array(["a", "b", "c"] * 10)
+    proba = rng.dirichlet(np.ones(3), size=30)
+    classes = np.array(["a", "b", "c"])
+    assert ovr_auc(labels, proba, classes) == pytest.approx(
+        roc_auc_score(labels, proba, multi_class="ovr", average="macro", labels=classes)
+    )
+    assert ovr_auc(np.array(["a"] * 5), proba[:5], classes) is None
+    real_x, real, _, obeyed, _ = groups
+    only_a = check_variable(GROUP, real_x, real, obeyed[::2], ["A"] * 20, seed=0)
+    # chance is how often a classifier that ignores the request says A: the real set's share of A
+    assert only_a["synthetic"]["auc"] is None and only_a["synthetic"]["chance"] == 0.5
+    assert only_a["synthetic"]["accuracy"] >= 0.9 and only_a["reading"] == "obeyed"
+    only_b = check_variable(GROUP, real_x, real, obeyed[::2], ["B"] * 20, seed=0)  # features of A
+    assert only_b["synthetic"]["accuracy"] <= 0.1 and only_b["reading"] == "ignored"
 
 
 def test_the_synthetic_accuracy_is_the_fitted_models_agreement_with_the_requests(groups):
