@@ -161,6 +161,11 @@ class DiffusionConfig(Section):
     """ddpm only: min-SNR-gamma loss weights (Hang et al. 2023 use 5); null: unweighted, as before."""
     rflow_shift: PositiveFloat = 1.0
     """rflow only: time shift s t / (1 + (s-1) t) (Esser et al. 2024); > 1 favours high noise."""
+    rflow_timesteps: Literal["logit-normal", "uniform"] = "logit-normal"
+    """rflow only: how training draws t (MONAI RFlowScheduler's sample_method). logit-normal (Esser et
+    al. 2024) favours the middle of the path and almost never draws t < 0.05, so a briefly trained
+    model leaves the last few percent of noise in its samples; uniform trains every noise level
+    alike (benchmarks/RESULTS.md, "Demo")."""
 
     @field_validator("process")
     @classmethod
@@ -585,6 +590,7 @@ LEGACY_VALUES: dict[str, Any] = {
     "diffusion.process": "ddpm",
     "diffusion.min_snr_gamma": None,
     "diffusion.rflow_shift": 1.0,
+    "diffusion.rflow_timesteps": "logit-normal",
     "train.ema_warmup": False,
 }
 """Fields added after configs were first saved -> what the code did before the field existed. A saved

@@ -15,7 +15,9 @@ Notation and conventions (the same as MONAI's ``RFlowScheduler`` and NVIDIA MAIS
                            as larger volumes need. Applied to training draws and sampling times alike.
 
 Training t: logit-normal, t = shift(sigmoid(u)), u ~ N(0, 1) (Esser et al.'s "lognorm(0, 1)"),
-which favours the middle of the path where the velocity is hardest to predict. Sampling times: a
+which favours the middle of the path where the velocity is hardest to predict, or uniform,
+t = shift(u), u ~ U(0, 1) (MONAI's default), which also trains the low-noise end that clears the last
+noise from a sample (logit-normal draws t < 0.05 once in 600). Sampling times: a
 uniform grid from 1 down to 0 (MONAI's ``set_timesteps``), shifted the same way.
 """
 
@@ -26,7 +28,7 @@ from typing import ClassVar, Protocol
 
 import torch
 
-from medddpm.diffusion.noise import RandomSource, randn
+from medddpm.diffusion.noise import RandomSource, rand, randn
 from medddpm.diffusion.schedule import append_dims
 from medddpm.errors import InputError
 
@@ -36,6 +38,7 @@ class FlowSettings(Protocol):
 
     num_train_timesteps: int
     rflow_shift: float
+    rflow_timesteps: str
 
 
 def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
@@ -50,19 +53,27 @@ class RectifiedFlow:
     num_timesteps: int = 1000
     """T: the network sees t T, as a DDPM network sees its timestep index."""
     shift: float = 1.0
+    timesteps: str = "logit-normal"
+    """How training draws t: logit-normal (Esser et al.) or uniform on (0, 1) (MONAI's default)."""
     name: ClassVar[str] = "rflow"
     prediction: ClassVar[str] = "velocity"
 
     @classmethod
     def from_config(cls, cfg: FlowSettings) -> RectifiedFlow:
-        return cls(num_timesteps=cfg.num_train_timesteps, shift=cfg.rflow_shift)
+        return cls(
+            num_timesteps=cfg.num_train_timesteps, shift=cfg.rflow_shift, timesteps=cfg.rflow_timesteps
+        )
 
     @property
     def objective(self) -> str:
         return "rectified-flow velocity (x_0 - eps) mean squared error"
 
     def draw_times(self, n: int, generator: RandomSource, device: torch.device | str) -> torch.Tensor:
-        """Training times t = shift(sigmoid(u)), u ~ N(0, 1): [n] float32 in (0, 1)."""
+        """Training times [n] float32 in (0, 1): t = shift(sigmoid(u)) with u ~ N(0, 1) (logit-normal),
+        or t = shift(u) with u ~ U(0, 1) (uniform)."""
+        if self.timesteps == "uniform":
+            u = rand((n,), generator, dtype=torch.float32, device=device)
+            return shift_time(u, self.shift)
         u = randn((n,), generator, dtype=torch.float32, device=device)
         return shift_time(torch.sigmoid(u), self.shift)
 

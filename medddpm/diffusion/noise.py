@@ -15,9 +15,12 @@ on the generator's own device and then moved, so CPU generators give the same nu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
+
+Device = torch.device | str | None
+"""Where a draw ends up (None: where its generator is)."""
 
 
 class PerSampleGenerator:
@@ -49,10 +52,27 @@ class PerSampleGenerator:
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
         """N(0, 1) numbers of shape ``size`` = [B, ...]; row i is ``randn(size[1:])`` of generator i."""
+        return self._rows(torch.randn, size, dtype, device)
+
+    def rand(
+        self,
+        size: Sequence[int],
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """U[0, 1) numbers of shape ``size`` = [B, ...]; row i is ``rand(size[1:])`` of generator i."""
+        return self._rows(torch.rand, size, dtype, device)
+
+    def _rows(
+        self,
+        draw: Callable[..., torch.Tensor],
+        size: Sequence[int],
+        dtype: torch.dtype | None,
+        device: Device,
+    ) -> torch.Tensor:
         self._check(size)
-        rows = [
-            torch.randn(tuple(size[1:]), generator=g, dtype=dtype, device=g.device) for g in self.generators
-        ]
+        rows = [draw(tuple(size[1:]), generator=g, dtype=dtype, device=g.device) for g in self.generators]
         return torch.stack(rows).to(device)
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,10 +104,33 @@ def randn(
     """N(0, 1) numbers of shape ``size`` from ``generator`` (see RandomSource), on ``device``."""
     if isinstance(generator, PerSampleGenerator):
         return generator.randn(size, dtype=dtype, device=device)
+    return _draw(torch.randn, size, generator, dtype, device)
+
+
+def rand(
+    size: Sequence[int],
+    generator: RandomSource,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """U[0, 1) numbers of shape ``size`` from ``generator`` (see RandomSource), on ``device``."""
+    if isinstance(generator, PerSampleGenerator):
+        return generator.rand(size, dtype=dtype, device=device)
+    return _draw(torch.rand, size, generator, dtype, device)
+
+
+def _draw(
+    draw: Callable[..., torch.Tensor],
+    size: Sequence[int],
+    generator: torch.Generator | None,
+    dtype: torch.dtype | None,
+    device: Device,
+) -> torch.Tensor:
     if generator is None:
-        return torch.randn(tuple(size), dtype=dtype, device=device)
+        return draw(tuple(size), dtype=dtype, device=device)
     _check_type(generator)
-    return torch.randn(tuple(size), generator=generator, dtype=dtype, device=generator.device).to(device)
+    return draw(tuple(size), generator=generator, dtype=dtype, device=generator.device).to(device)
 
 
 def randn_like(x: torch.Tensor, generator: RandomSource) -> torch.Tensor:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from monai.networks.schedulers import RFlowScheduler
 
+from medddpm.config import build_config
 from medddpm.diffusion.flow import RectifiedFlow, shift_time
 from medddpm.diffusion.noise import PerSampleGenerator
 from medddpm.diffusion.objective import diffusion_loss
@@ -96,6 +97,24 @@ def test_training_times_are_logit_normal():
     assert abs(float(logit.mean())) < 0.03 and abs(float(logit.std()) - 1) < 0.03
     per_sample = flow.draw_times(3, PerSampleGenerator.from_seeds([1, 2, 3]), "cpu")
     assert per_sample[1] == flow.draw_times(1, PerSampleGenerator.from_seeds([2]), "cpu")[0]
+    assert float((t < 0.05).float().mean()) < 0.004  # the low-noise end is almost never trained
+
+
+def test_uniform_training_times_are_monai_uniform_draws_shifted():
+    flow = RectifiedFlow(num_timesteps=1000, timesteps="uniform")
+    t = flow.draw_times(20000, torch.Generator().manual_seed(0), "cpu")
+    assert torch.equal(t, torch.rand(20000, generator=torch.Generator().manual_seed(0)))
+    assert abs(float((t < 0.05).float().mean()) - 0.05) < 0.005
+    shifted = RectifiedFlow(timesteps="uniform", shift=3.0).draw_times(
+        5, torch.Generator().manual_seed(1), "cpu"
+    )
+    torch.testing.assert_close(
+        shifted, shift_time(torch.rand(5, generator=torch.Generator().manual_seed(1)), 3.0)
+    )
+    per_sample = flow.draw_times(3, PerSampleGenerator.from_seeds([1, 2, 3]), "cpu")
+    assert per_sample[1] == flow.draw_times(1, PerSampleGenerator.from_seeds([2]), "cpu")[0]
+    cfg = build_config(overrides=["diffusion.process=rflow", "diffusion.rflow_timesteps=uniform"])
+    assert RectifiedFlow.from_config(cfg.diffusion).timesteps == "uniform"
 
 
 def test_loss_target_is_x0_minus_eps():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medddpm.diffusion.noise import PerSampleGenerator, randint, randn, randn_like
+from medddpm.diffusion.noise import PerSampleGenerator, rand, randint, randn, randn_like
 from medddpm.diffusion.schedule import NoiseSchedule, diffusion_loss, linear_betas
 
 SHAPE = (1, 4, 3, 5)  # [C, *spatial] of one sample: 60 numbers, past the vectorised fill (16)
@@ -49,6 +49,17 @@ def test_same_numbers_as_the_per_generator_draws_it_replaces():
     assert torch.equal(x_T, expected) and x_T.dtype == torch.float32
 
 
+def test_uniform_rows_come_from_their_own_generators():
+    seeds = [3, 9]
+    u = rand((2, 4), PerSampleGenerator.from_seeds(seeds), dtype=torch.float64)
+    expected = torch.stack(
+        [torch.rand(4, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds]
+    )
+    assert torch.equal(u, expected)
+    with pytest.raises(ValueError, match="one per sample"):
+        PerSampleGenerator.from_seeds(seeds).rand((3, 4))
+
+
 def test_dtype_device_and_shape_checks():
     g = PerSampleGenerator.from_seeds([1, 2])
     x = torch.zeros((2, *SHAPE), dtype=torch.float64)
@@ -65,6 +76,10 @@ def test_plain_sources_draw_the_whole_batch():
     shape = (3, *SHAPE)
     g = torch.Generator().manual_seed(4)
     assert torch.equal(randn(shape, g), torch.randn(shape, generator=torch.Generator().manual_seed(4)))
+    assert torch.equal(
+        rand(shape, torch.Generator().manual_seed(4)),
+        torch.rand(shape, generator=torch.Generator().manual_seed(4)),
+    )
     assert torch.equal(
         randint(0, 9, (3,), torch.Generator().manual_seed(4)),
         torch.randint(0, 9, (3,), generator=torch.Generator().manual_seed(4)),
