@@ -162,10 +162,7 @@ class DiffusionConfig(Section):
     rflow_shift: PositiveFloat = 1.0
     """rflow only: time shift s t / (1 + (s-1) t) (Esser et al. 2024); > 1 favours high noise."""
     rflow_timesteps: Literal["logit-normal", "uniform"] = "logit-normal"
-    """rflow only: how training draws t (MONAI RFlowScheduler's sample_method). logit-normal (Esser et
-    al. 2024) favours the middle of the path and almost never draws t < 0.05, so a briefly trained
-    model leaves the last few percent of noise in its samples; uniform trains every noise level
-    alike (benchmarks/RESULTS.md, "Demo")."""
+    """rflow only: training t, logit-normal (Esser et al. 2024; rarely t < 0.05) or uniform (MONAI's)."""
 
     @field_validator("process")
     @classmethod
