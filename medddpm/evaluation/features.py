@@ -80,23 +80,24 @@ def build_resnet(name: str) -> torch.nn.Module:
 
 
 def medicalnet_normalize(volumes: torch.Tensor) -> torch.Tensor:
-    """Per-volume z-score over nonzero voxels, as MedicalNet's training data were normalised.
+    """Per-volume z-score over every voxel: MONAI's ``medicalnet_intensity_normalisation`` (the
+    normalisation ``monai.losses.PerceptualLoss`` gives MedicalNet networks), one volume at a time.
 
-    volumes: [N, 1, D, H, W] on any intensity scale. Each volume is shifted and scaled by the mean
-    and standard deviation of its nonzero voxels; zero voxels (background) become 0. MedicalNet put
-    N(0, 1) noise there; 0 is that noise's mean and keeps features deterministic. A volume with no
-    nonzero voxels stays 0; one with constant nonzero voxels is only shifted.
+    volumes: [N, 1, D, H, W] on any intensity scale. A constant volume is only shifted (to 0).
+
+    Why every voxel: a z-score over the nonzero voxels alone (MedicalNet's own training data, and
+    medddpm before) jumps when a background that was exactly 0 becomes 0.001: the background then
+    joins the statistics and is z-scored far below 0. Real scans scaled to [0, 1] have exact-zero
+    backgrounds and synthetic ones almost never do, so features, FID and coverage then mostly
+    measured that (benchmarks/RESULTS.md, "Features"). The whole-volume z-score moves smoothly with
+    the intensities.
     """
-    x = volumes.float()
-    flat = x.reshape(x.shape[0], -1)
-    nonzero = flat != 0
-    count = nonzero.sum(dim=1).clamp(min=1)
-    mean = (flat * nonzero).sum(dim=1) / count
-    var = (((flat - mean[:, None]) * nonzero) ** 2).sum(dim=1) / count
-    std = var.sqrt()
-    std = torch.where(std > 0, std, torch.ones_like(std))
-    z = (flat - mean[:, None]) / std[:, None]
-    return torch.where(nonzero, z, torch.zeros_like(z)).reshape(x.shape)
+    from monai.losses.perceptual import medicalnet_intensity_normalisation
+
+    out = []
+    for v in volumes.float():
+        out.append(medicalnet_intensity_normalisation(v) if bool(v.std() > 0) else v - v.mean())
+    return torch.stack(out) if out else volumes.float()
 
 
 @dataclass
