@@ -79,6 +79,10 @@ def build_resnet(name: str) -> torch.nn.Module:
     )
 
 
+FEATURE_NORMALISATION = "each volume z-scored over every voxel (MONAI's medicalnet_intensity_normalisation)"
+"""How volumes are normalised before the feature network, as metrics.json records it."""
+
+
 def medicalnet_normalize(volumes: torch.Tensor) -> torch.Tensor:
     """Per-volume z-score over every voxel: MONAI's ``medicalnet_intensity_normalisation`` (the
     normalisation ``monai.losses.PerceptualLoss`` gives MedicalNet networks), one volume at a time.

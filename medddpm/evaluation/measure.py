@@ -78,7 +78,12 @@ from medddpm.evaluation.conditions import (
     sidecar_path,
     typed_rows,
 )
-from medddpm.evaluation.features import ARCHITECTURES, FeatureExtractor, build_feature_extractor
+from medddpm.evaluation.features import (
+    ARCHITECTURES,
+    FEATURE_NORMALISATION,
+    FeatureExtractor,
+    build_feature_extractor,
+)
 from medddpm.evaluation.metrics import (
     covariance_rank_deficient,
     fid_from_features,
@@ -450,7 +455,8 @@ def caveats(metrics: dict[str, Any]) -> list[str]:
         "MedicalNet code: MONAI's ResNet keeps full resolution in its first convolution and strides its "
         "later stages where MedicalNet strides the first and dilates the later ones. The same weights give "
         "different features; FID and MMD compare only with values from the same network, weights (sha256), "
-        "preprocessing and numbers of volumes."
+        "preprocessing and numbers of volumes. Each volume is z-scored over every voxel before the network "
+        "sees it."
     )
     for spec in table_rows():
         note = spec.note(metrics) if spec.note is not None else None
@@ -705,6 +711,7 @@ def metrics_json(
                 "feature_dim": extractor.feature_dim,
                 "implementation": f"monai.networks.nets.{extractor.name} in MedicalNet's configuration "
                 "(not the original MedicalNet forward pass)",
+                "normalisation": FEATURE_NORMALISATION,
             },
             "ms_ssim_settings": {**ms_ssim["real"]["settings"], "max_pairs": cfg.max_pairs, "seed": cfg.seed},
             "preprocessing": prep.to_dict(),
