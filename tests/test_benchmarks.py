@@ -247,3 +247,25 @@ def test_bench_convergence_nearest_correlation_is_pearson():
     assert bench.nearest_correlation(torch.tensor(a), torch.tensor(b)) == pytest.approx(np.median(r.max(1)))
     with pytest.raises(SystemExit, match="unknown recipe"):
         bench.main(["--output", "/nonexistent-unused", "--recipes", "nope"])
+
+
+def test_bench_features_smallest(tmp_path: Path, capsys):
+    from tests.conftest import blob_volume, write_nifti
+
+    bench = load("bench_features")
+    rng = np.random.default_rng(0)
+    for folder in ("cohort/train", "cohort/heldout", "synth"):
+        for i in range(7):
+            write_nifti(tmp_path / folder / f"s{i}.nii.gz", blob_volume(rng, (16, 16, 16)))
+    bench.main(
+        ["--cohort", str(tmp_path / "cohort"), "--synthetic", str(tmp_path / "synth"), "--threads", "1"]
+    )
+    out = capsys.readouterr().out
+    assert (
+        "| training scans, background floor 0.001 |" in out and f"| synthetic: {tmp_path / 'synth'} |" in out
+    )
+    assert out.count("\n| ") == 8  # the header, 6 changes, 1 synthetic set
+    x = torch.zeros(1, 1, 4, 4, 4)
+    x[0, 0, 1:3, 1:3, 1:3] = 2.0
+    z = bench.nonzero_normalize(x)
+    assert torch.equal(z[x == 0], torch.zeros(56)) and torch.allclose(z[x != 0], torch.zeros(8))
