@@ -5,7 +5,7 @@ The cohort: 16³ NIfTI volumes, each a bright sphere or cube (``shape``) of half
 tests/test_distribution.py, trained as rectified flow with uniform training times (FLOW_SETTINGS) and
 ``--conditions``, is sampled for requested (shape, size) rows and unconditionally. A sample's shape is
 read from how much of its bounding box the bright voxels fill (a sphere ~0.52, a cube ~1), its size
-from their count (the half-width of a sphere or cube of that volume). Requirements (the acceptance of
+from their count (the half-width of a sphere or cube of that volume). Requirements (the targets of
 conditional generation): requested shapes obeyed in >= 90% of samples, requested and measured sizes
 correlated >= 0.8, both shapes among unconditional samples. Slow: it trains a small network for
 several CPU minutes.
