@@ -8,19 +8,22 @@ from typing import Annotated, Any
 import typer
 
 from medddpm.cli.options import (
+    CheckpointEveryOpt,
     ConfigOpt,
     DeviceOpt,
+    ImageSizeOpt,
+    MaxStepsOpt,
     PrecisionOpt,
+    ResumeOpt,
     SetOpt,
+    SkipInvalidOpt,
     ThreadsOpt,
     console,
     cpu_threads,
-    fail,
-    is_main_process,
-    print_message,
+    run_training,
     startup_checks,
+    training_config,
 )
-from medddpm.cli.progress import training_progress
 
 
 def train(
@@ -28,30 +31,20 @@ def train(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder to write.")],
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    image_size: Annotated[
-        list[int] | None, typer.Option("--image-size", help="Voxels per side (one number, or three).")
-    ] = None,
-    max_steps: Annotated[
-        int | None, typer.Option("--max-steps", help="Optimizer steps to train for.")
-    ] = None,
+    image_size: ImageSizeOpt = None,
+    max_steps: MaxStepsOpt = None,
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", help="Volumes per step per process.")
     ] = None,
     precision: PrecisionOpt = None,
     device: DeviceOpt = None,
-    checkpoint_every: Annotated[
-        int | None, typer.Option("--checkpoint-every", help="Steps between checkpoints.")
-    ] = None,
+    checkpoint_every: CheckpointEveryOpt = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for weights, batches and noise.")] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from the run's latest checkpoint.")
-    ] = False,
+    resume: ResumeOpt = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Start again in a folder that holds a run.")
     ] = False,
-    skip_invalid: Annotated[
-        bool, typer.Option("--skip-invalid", help="Skip unusable scans (with a warning) instead of stopping.")
-    ] = False,
+    skip_invalid: SkipInvalidOpt = False,
     conditions: Annotated[
         Path | None,
         typer.Option(
@@ -84,19 +77,7 @@ def train(
     """Train a 3D DDPM on a folder of NIfTI scans."""
     startup_checks()
     threads_used = cpu_threads(threads)  # --threads is checked before anything is read
-    from medddpm.config import build_config, resolve_config_path
-
-    saved = resume and config is None and (output / "config.yaml").is_file()
-    if saved:
-        config = str(output / "config.yaml")  # a resumed run keeps its own config unless told otherwise
-    elif config is not None:
-        resolve_config_path(config)
-    if image_size is not None and len(image_size) not in (1, 3):
-        fail("--image-size takes one number or three")
     flags: dict[str, Any] = {
-        "data.image_size": None
-        if image_size is None
-        else (image_size[0] if len(image_size) == 1 else image_size),
         "train.max_steps": max_steps,
         "train.batch_size": batch_size,
         "train.precision": precision,
@@ -106,7 +87,7 @@ def train(
         "model.space": None if autoencoder is None else "latent",
         "latent.autoencoder": None if autoencoder is None else str(autoencoder),
     }
-    cfg = build_config(config, set_ or [], flags, saved=saved)
+    cfg = training_config(output, config, set_, resume, image_size, flags)
     if dry_run:
         from medddpm.cli.dry_run import dry_run as run_dry
         from medddpm.training.latent import resolve_latent
@@ -116,30 +97,9 @@ def train(
         run_dry(cfg, data_dir, console, conditions)
         return
 
-    from medddpm.training.loop import train as run_training
+    from medddpm.training.loop import train as loop
 
-    try:
-        with threads_used, training_progress(enabled=is_main_process()) as on_step:
-            result = run_training(
-                cfg,
-                data_dir,
-                output,
-                resume=resume,
-                overwrite=overwrite,
-                skip_invalid=skip_invalid,
-                conditions=conditions,
-                labels=labels,
-                log=print_message,
-                on_step=on_step,
-            )
-    except KeyboardInterrupt:  # a second Ctrl-C (typer would exit 130 without a word)
-        if is_main_process():
-            print_message(
-                "Stopped at once, without a checkpoint of the step under way; "
-                f"--resume continues from the last checkpoint in {output / 'checkpoints'}"
-            )
-        raise typer.Exit(130) from None
-    if result.interrupted:
-        raise typer.Exit(128 + (result.signal or 2))  # the shell's convention: 130 Ctrl-C, 143 SIGTERM
-    if is_main_process():
-        console.print(f"[green]Done:[/] step {result.step}, checkpoint {result.checkpoint}")
+    run_training(
+        loop, cfg, data_dir, output, threads_used, resume=resume, overwrite=overwrite,
+        skip_invalid=skip_invalid, conditions=conditions, labels=labels,
+    )  # fmt: skip
