@@ -20,10 +20,9 @@ from medddpm.cli.options import (
     ThreadsOpt,
     console,
     cpu_threads,
-    run_training,
     startup_checks,
-    training_config,
 )
+from medddpm.cli.training import run_training, training_config
 
 
 def train(

@@ -1,6 +1,6 @@
 """What every command shares: how library messages are shown."""
 
-from medddpm.cli import options
+from medddpm.cli import options, training
 
 
 def test_library_messages_are_shown_as_plain_text(capsys):
@@ -25,10 +25,10 @@ def test_training_commands_resume_with_the_runs_saved_config_read_as_it_was_trai
     saved = build_config(overrides=["train.max_steps=7"]).to_dict()
     del saved["train"]["ema_warmup"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
-    resumed = options.training_config(tmp_path, None, None, True, [24], {"train.seed": 3})
+    resumed = training.training_config(tmp_path, None, None, True, [24], {"train.seed": 3})
     assert resumed.train.ema_warmup is False and resumed.train.max_steps == 7
     assert resumed.train.seed == 3 and list(resumed.data.image_size) == [24, 24, 24]
-    fresh = options.training_config(tmp_path, None, ["train.max_steps=5"], False, None, {})
+    fresh = training.training_config(tmp_path, None, ["train.max_steps=5"], False, None, {})
     assert fresh.train.ema_warmup is True and fresh.train.max_steps == 5
     with pytest.raises(InputError, match="one number or three"):
-        options.training_config(tmp_path, None, None, False, [8, 8], {})
+        training.training_config(tmp_path, None, None, False, [8, 8], {})
