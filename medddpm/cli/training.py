@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from medddpm.cli.options import console, fail, is_main_process, print_message
 from medddpm.cli.progress import training_progress
+
+if TYPE_CHECKING:
+    from medddpm.config import Config
 
 
 def training_config(
@@ -20,7 +23,7 @@ def training_config(
     resume: bool,
     image_size: list[int] | None,
     flags: Mapping[str, Any],
-):
+) -> Config:
     """The config a training command runs with: defaults < --config < --set < its flags.
 
     With --resume and no --config, the run's own saved config.yaml (its missing fields read as
@@ -40,7 +43,7 @@ def training_config(
 
 
 def run_training(
-    loop: Callable[..., Any], cfg: Any, data_dir: Path, output: Path, threads_used: Any, **kwargs: Any
+    loop: Callable[..., Any], cfg: Config, data_dir: Path, output: Path, threads_used: Any, **kwargs: Any
 ) -> None:
     """Run a training loop (medddpm.training.loop.train or .autoencoder.train_autoencoder) with a
     progress bar, and end the command as a shell expects: 130 / 143 after Ctrl-C / SIGTERM (the loop

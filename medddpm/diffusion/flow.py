@@ -57,6 +57,11 @@ class RectifiedFlow:
     """How training draws t: logit-normal (Esser et al.) or uniform on (0, 1) (MONAI's default)."""
     name: ClassVar[str] = "rflow"
     prediction: ClassVar[str] = "velocity"
+    TIMESTEPS: ClassVar[tuple[str, ...]] = ("logit-normal", "uniform")
+
+    def __post_init__(self) -> None:
+        if self.timesteps not in self.TIMESTEPS:  # else a misspelt name would train logit-normal
+            raise ValueError(f"timesteps must be one of {', '.join(self.TIMESTEPS)}; got {self.timesteps!r}")
 
     @classmethod
     def from_config(cls, cfg: FlowSettings) -> RectifiedFlow:

@@ -115,6 +115,8 @@ def test_uniform_training_times_are_monai_uniform_draws_shifted():
     assert per_sample[1] == flow.draw_times(1, PerSampleGenerator.from_seeds([2]), "cpu")[0]
     cfg = build_config(overrides=["diffusion.process=rflow", "diffusion.rflow_timesteps=uniform"])
     assert RectifiedFlow.from_config(cfg.diffusion).timesteps == "uniform"
+    with pytest.raises(ValueError, match="logit-normal, uniform"):
+        RectifiedFlow(timesteps="unifrom")
 
 
 def test_loss_target_is_x0_minus_eps():
