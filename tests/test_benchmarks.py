@@ -249,6 +249,19 @@ def test_bench_convergence_nearest_correlation_is_pearson():
         bench.main(["--output", "/nonexistent-unused", "--recipes", "nope"])
 
 
+def test_bench_convergence_evaluation_turns():
+    """--eval-turns picks the turns measured, --eval-every spaces them; the last turn is always measured."""
+    bench = load("bench_convergence")
+
+    def measured(*argv: str) -> list[int]:
+        args = bench.parse_args(["--output", "unused", *argv])
+        return [t for t in range(1, 17) if bench.due(t, 16, args)]
+
+    assert measured("--eval-turns", "1,2,4,8") == [1, 2, 4, 8, 16]
+    assert measured("--eval-every", "5") == [5, 10, 15, 16]
+    assert measured("--eval-turns", "3", "--eval-every", "5") == [3, 16]
+
+
 def test_bench_features_smallest(tmp_path: Path, capsys):
     from tests.conftest import blob_volume, write_nifti
 
