@@ -26,12 +26,12 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(BIN)/ruff check medddpm tests benchmarks examples
-	$(BIN)/ruff format --check medddpm tests benchmarks examples
+	$(BIN)/ruff check medddpm tests benchmarks examples docs
+	$(BIN)/ruff format --check medddpm tests benchmarks examples docs
 
 format: $(STAMP)
-	$(BIN)/ruff format medddpm tests benchmarks examples
-	$(BIN)/ruff check --fix medddpm tests benchmarks examples
+	$(BIN)/ruff format medddpm tests benchmarks examples docs
+	$(BIN)/ruff check --fix medddpm tests benchmarks examples docs
 
 # DEMO_ARGS: more options for medddpm demo, e.g. make demo DEMO_ARGS="--minutes 30 --device cuda".
 # A new `make demo` replaces the previous demo's folders in medddpm-demo/.

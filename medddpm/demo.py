@@ -11,8 +11,8 @@
    of the "large" heads' volume); each split's groups are written as a conditions table in train's
    format beside the cohort (``cohort/train_conditions.csv``, ``cohort/heldout_conditions.csv``).
 2. ``run_demo``: the same functions as ``medddpm train``, ``sample`` and ``evaluate``, in order,
-   with the ``demo`` config (its ``max_steps``) and a time ceiling (``train.max_minutes``). It
-   trains conditioned on the group, samples in the training set's proportions (``--match-training``)
+   with the ``demo`` config, its training steps fitted to the demo's minutes (``train_in_time``:
+   the warm-up timed, then at most the config's ``max_steps``). It trains conditioned on the group, samples in the training set's proportions (``--match-training``)
    and evaluates with the held-out table, so the report shows the condition check: whether the
    samples' head size follows the group they were asked for.
 
@@ -29,7 +29,7 @@ import functools
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,8 @@ from medddpm.errors import InputError
 FIELD_OF_VIEW_MM = 192.0
 """Side of the cube the head is placed in: the MNI152 brain (about 145 x 180 x 155 mm) with room to move."""
 DEFAULT_MINUTES = 10.0
-"""Ceiling on the training minutes of ``medddpm demo``. The demo config's max_steps (2,200) take about 8
-minutes on 2 idle cores, about 9 with cohort, sampling and evaluation; a slower machine stops here."""
+"""About how long ``medddpm demo`` takes in all, cohort, sampling and evaluation included: its training
+steps are fitted to it on each machine (``train_in_time``)."""
 DEFAULT_SUBJECTS = 64
 HELDOUT_FRACTION = 0.25
 GROUPS = {"large": 1.0, "small": 0.88}
@@ -318,6 +318,96 @@ def _require_nilearn() -> None:
         raise InputError(INSTALL_HINT) from None
 
 
+TIMED_FROM = 10
+"""Training steps before this one are not timed: the first ones pay for allocation and warm-up."""
+EVALUATE_SECONDS = 20.0
+"""What the demo keeps for evaluation when it fits its training steps to its minutes: features, MS-SSIM,
+nearest-training correlation and the report of 16 + 16 volumes at 32³ take 10-15 s on 2 CPU cores."""
+
+
+def fitted_steps(cfg, minutes: float, spent: float, pace: float, done: int, num_samples: int) -> int:
+    """Training steps that end the demo in about ``minutes``, ``spent`` seconds of them gone, at ``pace``
+    seconds a step (``done`` steps taken): at most the config's ``train.max_steps``, at least ``done``.
+
+    Kept back: sampling, estimated from the pace (``num_samples`` x ``sample.steps`` network calls on one
+    volume, where a training step makes about 3 x ``batch_size``: forward and backward), and
+    EVALUATE_SECONDS.
+    """
+    sampling = pace * num_samples * cfg.sample.steps / (3 * cfg.train.batch_size)
+    left = 60 * minutes - spent - sampling - EVALUATE_SECONDS
+    return int(min(cfg.train.max_steps, max(done, done + left // pace)))
+
+
+def train_in_time(
+    cfg,
+    cohort: Cohort,
+    run_dir: Path,
+    minutes: float,
+    started: float,
+    num_samples: int,
+    threads: int,
+    log: Callable[[str], None],
+    on_step: Callable[[Any], None] | None,
+):
+    """Train ``cfg`` on the cohort so that the whole demo, begun at ``started`` (perf_counter), ends in
+    about ``minutes``, with its learning-rate schedule run to the end: a slow machine trains fewer
+    steps rather than stopping half-way down the decay.
+
+    The warm-up steps (``train.warmup_steps``, whose learning rate does not depend on max_steps) are
+    trained and timed first; then the run resumes with max_steps fitted to the time left
+    (``fitted_steps``). Resuming is exact, so the weights are those of one uninterrupted run of that
+    many steps. ``train.max_minutes`` stays a ceiling in case the machine slows down. A config with
+    fewer than 2 x TIMED_FROM warm-up steps is trained for its max_steps or ``minutes``.
+    """
+    from medddpm.training.loop import train
+
+    tc = cfg.train
+    cores = f"{threads} CPU thread{'s' if threads > 1 else ''}"
+    timed = tc.warmup_steps
+    if not 2 * TIMED_FROM <= timed < tc.max_steps:
+        log(f"Training for {tc.max_steps} steps or {minutes:g} minutes, whichever ends first ({cores}) ...")
+        return train(
+            cfg, cohort.train_dir, run_dir, conditions=cohort.train_conditions, log=log, on_step=on_step
+        )
+
+    clock: dict[int, float] = {}
+
+    def timing(entry) -> None:
+        clock[entry.step] = entry.seconds
+        if on_step is not None:  # the progress bar sees the whole run, not the timed steps alone
+            on_step(replace(entry, max_steps=tc.max_steps))
+
+    log(f"Timing the first {timed} training steps on this machine ({cores}) ...")
+    probe = cfg.model_copy(update={"train": tc.model_copy(update={"max_steps": timed, "preview_every": 0})})
+    trained = train(
+        probe, cohort.train_dir, run_dir, conditions=cohort.train_conditions, log=log, on_step=timing
+    )
+    if trained.interrupted or trained.step < timed:
+        return trained
+    pace = (clock[timed] - clock[TIMED_FROM]) / (timed - TIMED_FROM)
+    spent = time.perf_counter() - started
+    steps = fitted_steps(cfg, minutes, spent, pace, timed, num_samples)
+    log(
+        f"Training for {steps} steps (at most {tc.max_steps}): {pace:.2f} s a step here, so that the demo "
+        f"ends in about {minutes:g} minutes ..."
+    )
+    if steps <= timed:
+        return trained
+    ceiling = 1.25 * pace * (steps - timed) / 60  # the time left, with room for a busier machine
+    fitted = cfg.model_copy(
+        update={"train": tc.model_copy(update={"max_steps": steps, "max_minutes": ceiling})}
+    )
+    return train(
+        fitted,
+        cohort.train_dir,
+        run_dir,
+        resume=True,
+        conditions=cohort.train_conditions,
+        log=log,
+        on_step=on_step,
+    )
+
+
 def run_demo(
     output: str | Path = "medddpm-demo",
     minutes: float | None = None,
@@ -340,8 +430,8 @@ def run_demo(
 
     Makes a cohort of ``n_subjects`` (None: 64) scans of ``image_size``³ voxels (None: the config's
     ``data.image_size``, which must then be a cube), trains ``config`` (a preset name or YAML file;
-    ``overrides`` as for ``--set``) conditioned on the cohort's groups for its ``train.max_steps``
-    or ``minutes`` of training (None: DEFAULT_MINUTES), whichever ends first, draws ``num_samples``
+    ``overrides`` as for ``--set``) conditioned on the cohort's groups for the steps that end the
+    demo in about ``minutes`` (None: DEFAULT_MINUTES), at most its ``train.max_steps``, draws ``num_samples``
     volumes with the config's sampler, each with the group of a training scan drawn from its seed
     (``--match-training``), and evaluates them
     against the held-out quarter, both preprocessed with the run's transforms, with the condition
@@ -355,7 +445,6 @@ def run_demo(
     from medddpm.inference.sample_to_folder import ConditionRequest, sample_to_folder
     from medddpm.output_folder import DEMO_FOLDER, prepare_output
     from medddpm.runtime import available_cores, stopwatch, torch_threads
-    from medddpm.training.loop import train
 
     output = Path(output)
     minutes = DEFAULT_MINUTES if minutes is None else minutes
@@ -382,6 +471,7 @@ def run_demo(
         raise InputError(f"the demo cohort is a cube: data.image_size must be one number, not {list(size)}")
     check_demo_folder(output, overwrite)
     prepare_output(output, DEMO_FOLDER, clear=overwrite)
+    started = time.perf_counter()
     seconds: dict[str, float] = {}
     stage = stopwatch(seconds)
     threads = available_cores() if threads is None else threads
@@ -390,17 +480,8 @@ def run_demo(
             cohort = make_cohort(output / "cohort", n_subjects, size[0], seed, log=log)
 
         with stage("train"):
-            log(
-                f"Training for {cfg.train.max_steps} steps or {minutes:g} minutes, whichever ends first "
-                f"({threads} CPU thread{'s' if threads > 1 else ''}) ..."
-            )
-            trained = train(
-                cfg,
-                cohort.train_dir,
-                output / "run",
-                conditions=cohort.train_conditions,
-                log=log,
-                on_step=on_step,
+            trained = train_in_time(
+                cfg, cohort, output / "run", minutes, started, num_samples, threads, log, on_step
             )
         if trained.interrupted or trained.checkpoint is None:
             raise KeyboardInterrupt

@@ -221,3 +221,47 @@ def test_threads_below_one_is_refused(tmp_path, capsys, monkeypatch):
     code, _, stderr = run_cli(["demo", "--output", str(tmp_path / "demo"), "--threads", "0"], capsys)
     assert code == 2 and stderr.strip() == "error: --threads must be at least 1; got 0"
     assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize(
+    ("pace", "expected"),
+    [(0.5, 929), (0.01, None), (6.0, 50)],
+    ids=["fitted", "capped-at-max-steps", "no-time-left"],
+)
+def test_demo_times_its_warm_up_and_fits_its_steps_to_the_minutes(pace, expected, tmp_path, monkeypatch):
+    """The demo trains its warm-up, times it, then resumes for the steps that end the demo in its minutes
+    (at most the config's max_steps): the learning-rate decay runs to its end on a slow machine too."""
+    import time
+
+    from medddpm.demo import train_in_time
+    from medddpm.training.monitor import StepLog
+
+    cfg = build_config("demo")
+    warmup, ceiling = cfg.train.warmup_steps, cfg.train.max_steps
+    calls, progress = [], []
+
+    def fake_train(cfg, data_dir, run_dir, *, resume=False, conditions=None, log, on_step):
+        calls.append((cfg.train, resume))
+        first = 0 if not resume else warmup
+        for step in range(first + 1, cfg.train.max_steps + 1):  # this machine: `pace` seconds a step
+            on_step(StepLog(step, cfg.train.max_steps, 0.1, 1e-3, 1.0, 0, pace * (step - first)))
+        return SimpleNamespace(step=cfg.train.max_steps, interrupted=False)
+
+    monkeypatch.setattr("medddpm.training.loop.train", fake_train)
+    cohort = Cohort(tmp_path, [], [], 32, 6.0)
+    started = time.perf_counter() - 100.2  # cohort and set-up took 100.2 s
+    lines: list[str] = []
+    result = train_in_time(cfg, cohort, tmp_path / "run", 10.0, started, 16, 2, lines.append, progress.append)
+
+    timed, resume = calls[0]
+    assert (timed.max_steps, timed.preview_every, resume) == (warmup, 0, False)
+    assert {e.max_steps for e in progress[:warmup]} == {ceiling}  # the bar spans the whole run
+    # 600 s - 100.2 spent - 40 of sampling (16 x 30 calls at a sixth of a step each) - 20 of evaluation
+    steps = ceiling if expected is None else expected
+    assert result.step == steps and f"Training for {steps} steps (at most {ceiling})" in lines[-1]
+    if steps == warmup:
+        assert len(calls) == 1
+    else:
+        fitted, resume = calls[1]
+        assert resume and fitted.max_steps == steps
+        assert fitted.max_minutes == pytest.approx(1.25 * pace * (steps - warmup) / 60)

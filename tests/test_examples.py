@@ -64,3 +64,28 @@ def test_latent_demo_runs_at_its_smallest_settings(tmp_path: Path):
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert metrics["autoencoder_ceiling"]["n"] == 2  # the held-out quarter of 6 subjects
     assert any(line.startswith("Report: ") and "report.html" in line for line in lines)
+
+
+def test_demo_montage_draws_real_then_synthetic_rows(tmp_path: Path):
+    """docs/demo_montage.py draws the README's picture from a demo folder: one row per volume, and a
+    folder without enough scans is refused with a message naming it."""
+    rng = np.random.default_rng(4)
+    for i in range(3):
+        write_nifti(tmp_path / "demo" / "cohort" / "heldout" / f"subject_{i:03d}.nii.gz", blob_volume(rng))
+    for i in range(4):
+        write_nifti(tmp_path / "demo" / "samples" / f"sample_{i:04d}.nii.gz", blob_volume(rng))
+    script = Path(__file__).parent.parent / "docs" / "demo_montage.py"
+
+    def draw(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True)
+
+    done = draw(str(tmp_path / "demo"), str(tmp_path / "demo.png"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    from PIL import Image
+
+    width, height = Image.open(tmp_path / "demo.png").size
+    assert height > 2 * width  # six rows of three views
+
+    refused = draw(str(tmp_path / "demo"), str(tmp_path / "five.png"), "--synthetic", "5")
+    assert refused.returncode == 2 and "holds 3 held-out scans and 4 samples" in refused.stderr
+    assert not (tmp_path / "five.png").exists()

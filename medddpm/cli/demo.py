@@ -26,7 +26,9 @@ def demo(
     minutes: Annotated[
         float | None,
         typer.Option(
-            "--minutes", help="Ceiling on training minutes (default 10; the config's steps take ~8)."
+            "--minutes",
+            help="About how long the whole demo takes (default 10): training steps are fitted to it, "
+            "at most the config's max_steps.",
         ),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
@@ -46,7 +48,8 @@ def demo(
     ] = False,
 ) -> None:
     """The whole tool in about 10 minutes on a CPU: a brain MRI cohort made from the MNI152 template
-    (nilearn), trained on for --minutes, sampled and evaluated against held-out scans.
+    (nilearn), trained for the steps that fit --minutes on this machine, sampled and evaluated
+    against held-out scans.
     """
     startup_checks()
     import time

@@ -63,6 +63,23 @@ def test_resume_gives_identical_weights(scan_dir: Path, tmp_path: Path, options)
     assert [r["loss"] for r in rows] == [r["loss"] for r in straight_rows]
 
 
+def test_warm_up_then_resume_with_more_steps_equals_one_run(scan_dir: Path, tmp_path: Path):
+    """The warm-up's learning rate does not depend on max_steps, and a resumed run takes its new
+    max_steps: training the warm-up alone, then resuming for more steps, gives one run's weights
+    (what medddpm demo does to time a machine before choosing its steps)."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    options = ("train.warmup_steps=3", "train.min_lr_ratio=0.1", "train.checkpoint_every=100")
+    train(tiny("train.max_steps=6", *options), scan_dir, straight)
+    assert train(tiny("train.max_steps=3", *options), scan_dir, split).step == 3
+    assert train(tiny("train.max_steps=6", *options), scan_dir, split, resume=True).step == 6
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = weights(straight, 6, name), weights(split, 6, name)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{name}:{k}")
+    lrs = [float(r["lr"]) for r in csv.DictReader((split / "metrics.csv").open())]
+    assert lrs[-1] == pytest.approx(0.1 * tiny().train.lr)  # the decay ran to its end
+
+
 def test_run_folder_contents(scan_dir: Path, tmp_path: Path):
     run = tmp_path / "run"
     result = train(tiny("train.max_steps=3", "train.checkpoint_every=1", "train.keep_last=2"), scan_dir, run)
