@@ -310,7 +310,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunk-seconds", type=float, default=60, help="training seconds per turn")
     p.add_argument("--eval-every", type=int, default=5, help="turns between evaluations")
     p.add_argument(
-        "--eval-turns", default="", help="comma-separated turns to evaluate after (1-based), instead of --eval-every"
+        "--eval-turns", default="", help="comma-separated turns to evaluate after (1-based), not --eval-every"
     )
     p.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of: {', '.join(RECIPES)}")
     p.add_argument("--size", type=int, default=32, help="cohort and training image size (cube side)")

@@ -12,8 +12,9 @@
    format beside the cohort (``cohort/train_conditions.csv``, ``cohort/heldout_conditions.csv``).
 2. ``run_demo``: the same functions as ``medddpm train``, ``sample`` and ``evaluate``, in order,
    with the ``demo`` config, its training steps fitted to the demo's minutes (``train_in_time``:
-   the warm-up timed, then at most the config's ``max_steps``). It trains conditioned on the group, samples in the training set's proportions (``--match-training``)
-   and evaluates with the held-out table, so the report shows the condition check: whether the
+   the warm-up timed, then at most the config's ``max_steps``). It trains conditioned on the
+   group, samples in the training set's proportions (``--match-training``) and evaluates with the
+   held-out table, so the report shows the condition check: whether the
    samples' head size follows the group they were asked for.
 
 The cohort is one template deformed many times: it shows the tool end to end in minutes on a
