@@ -16,8 +16,9 @@ Recipes (each a list of ``--set`` overrides on ``configs/demo.yaml`` after DEMO_
     rflow      the demo with rectified flow (diffusion.process=rflow, Euler sampling)
     min-snr    the demo with min-SNR-5 loss weights
     combo      wavelet + rflow
-    flow       the demo's recipe today (configs/demo.yaml): rectified flow with uniform training times, lr
-               2e-3 decayed to 2% over its 2,200 steps, EMA 0.99, Euler 30; it stops at 2,200 steps
+    flow       the demo's recipe (configs/demo.yaml) at the 2,200 steps it took before medddpm demo fitted
+               its steps to the machine: rectified flow with uniform training times, lr 2e-3 decayed to
+               2% over them, EMA 0.99, Euler 30; it stops at 2,200 steps
 
 Every recipe trains in turns of ``--chunk-seconds`` of wall-clock training (``train.max_minutes``,
 then ``--resume``), the recipes taking turns in a rotating order so that machine noise hits all

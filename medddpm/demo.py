@@ -363,13 +363,25 @@ def train_in_time(
     from medddpm.training.loop import train
 
     tc = cfg.train
+
+    def train_for(steps: int, resume: bool = False, on_step=on_step, **fields):
+        """``train`` with max_steps = ``steps`` and the other ``train`` ``fields`` replaced."""
+        changed = cfg.model_copy(update={"train": tc.model_copy(update={"max_steps": steps, **fields})})
+        return train(
+            changed,
+            cohort.train_dir,
+            run_dir,
+            resume=resume,
+            conditions=cohort.train_conditions,
+            log=log,
+            on_step=on_step,
+        )
+
     cores = f"{threads} CPU thread{'s' if threads > 1 else ''}"
     timed = tc.warmup_steps
     if not 2 * TIMED_FROM <= timed < tc.max_steps:
         log(f"Training for {tc.max_steps} steps or {minutes:g} minutes, whichever ends first ({cores}) ...")
-        return train(
-            cfg, cohort.train_dir, run_dir, conditions=cohort.train_conditions, log=log, on_step=on_step
-        )
+        return train_for(tc.max_steps)
 
     clock: dict[int, float] = {}
 
@@ -379,10 +391,7 @@ def train_in_time(
             on_step(replace(entry, max_steps=tc.max_steps))
 
     log(f"Timing the first {timed} training steps on this machine ({cores}) ...")
-    probe = cfg.model_copy(update={"train": tc.model_copy(update={"max_steps": timed, "preview_every": 0})})
-    trained = train(
-        probe, cohort.train_dir, run_dir, conditions=cohort.train_conditions, log=log, on_step=timing
-    )
+    trained = train_for(timed, on_step=timing, preview_every=0)
     if trained.interrupted or trained.step < timed:
         return trained
     pace = (clock[timed] - clock[TIMED_FROM]) / (timed - TIMED_FROM)
@@ -395,18 +404,7 @@ def train_in_time(
     if steps <= timed:
         return trained
     ceiling = 1.25 * pace * (steps - timed) / 60  # the time left, with room for a busier machine
-    fitted = cfg.model_copy(
-        update={"train": tc.model_copy(update={"max_steps": steps, "max_minutes": ceiling})}
-    )
-    return train(
-        fitted,
-        cohort.train_dir,
-        run_dir,
-        resume=True,
-        conditions=cohort.train_conditions,
-        log=log,
-        on_step=on_step,
-    )
+    return train_for(steps, resume=True, max_minutes=ceiling)
 
 
 def run_demo(

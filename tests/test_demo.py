@@ -147,7 +147,7 @@ def fake_stages(monkeypatch) -> dict[str, list[int]]:
         record("cohort", out_dir)
         return Cohort(out_dir, [out_dir / "a.nii.gz"], [out_dir / "b.nii.gz"], image_size, 12.0)
 
-    def train(cfg, data_dir, run_dir, log, on_step, conditions=None):
+    def train(cfg, data_dir, run_dir, log, on_step, conditions=None, resume=False):
         record("train", run_dir)
         return SimpleNamespace(run_dir=run_dir, step=3, checkpoint=run_dir / "step-3", interrupted=False)
 
