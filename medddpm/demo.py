@@ -349,6 +349,7 @@ def train_in_time(
     threads: int,
     log: Callable[[str], None],
     on_step: Callable[[Any], None] | None,
+    try_one_thread: bool = False,
 ):
     """Train ``cfg`` on the cohort so that the whole demo, begun at ``started`` (perf_counter), ends in
     about ``minutes``, with its learning-rate schedule run to the end: a slow machine trains fewer
@@ -359,7 +360,14 @@ def train_in_time(
     (``fitted_steps``). Resuming is exact, so the weights are those of one uninterrupted run of that
     many steps. ``train.max_minutes`` stays a ceiling in case the machine slows down. A config with
     fewer than 2 x TIMED_FROM warm-up steps is trained for its max_steps or ``minutes``.
+
+    With ``try_one_thread`` and more than one of ``threads``, the second half of the warm-up runs on one
+    torch thread, and the rest of the demo on whichever was faster: on idle cores every thread helps,
+    while where other programs keep the cores busy the threads mostly wait for one another
+    (benchmarks/RESULTS.md, "CPU threads"). The choice stays set (``torch.set_num_threads``).
     """
+    import torch
+
     from medddpm.training.loop import train
 
     tc = cfg.train
@@ -384,22 +392,36 @@ def train_in_time(
         return train_for(tc.max_steps)
 
     clock: dict[int, float] = {}
+    halves = try_one_thread and threads > 1
+    switch = (TIMED_FROM + timed) // 2  # with halves: steps after this one run on one thread
 
     def timing(entry) -> None:
         clock[entry.step] = entry.seconds
+        if halves and entry.step == switch:
+            torch.set_num_threads(1)
         if on_step is not None:  # the progress bar sees the whole run, not the timed steps alone
             on_step(replace(entry, max_steps=tc.max_steps))
 
+    if halves:
+        cores += ", then 1"
     log(f"Timing the first {timed} training steps on this machine ({cores}) ...")
     trained = train_for(timed, on_step=timing, preview_every=0)
     if trained.interrupted or trained.step < timed:
         return trained
     pace = (clock[timed] - clock[TIMED_FROM]) / (timed - TIMED_FROM)
+    on = ""
+    if halves:
+        every = (clock[switch] - clock[TIMED_FROM]) / (switch - TIMED_FROM)
+        one = (clock[timed] - clock[switch + 1]) / (timed - switch - 1)  # the first on one thread untimed
+        pace = min(every, one)
+        torch.set_num_threads(1 if one < every else threads)
+        n = torch.get_num_threads()
+        on = f" on {n} thread{'s' if n > 1 else ''} ({threads} threads: {every:.2f} s, 1 thread: {one:.2f} s)"
     spent = time.perf_counter() - started
     steps = fitted_steps(cfg, minutes, spent, pace, timed, num_samples)
     log(
-        f"Training for {steps} steps (at most {tc.max_steps}): {pace:.2f} s a step here, so that the demo "
-        f"ends in about {minutes:g} minutes ..."
+        f"Training for {steps} steps (at most {tc.max_steps}): {pace:.2f} s a step here{on}, so that the "
+        f"demo ends in about {minutes:g} minutes ..."
     )
     if steps <= timed:
         return trained
@@ -435,10 +457,13 @@ def run_demo(
     (``--match-training``), and evaluates them
     against the held-out quarter, both preprocessed with the run's transforms, with the condition
     check of the group. ``threads``: torch CPU threads while the demo runs (None: every core this
-    process may use, ``available_cores()``; the previous setting is restored afterwards).
+    process may use, ``available_cores()``, or one where the timed warm-up finds one faster; the
+    previous setting is restored afterwards).
     ``on_step`` receives training's StepLog; ``on_volumes`` and ``on_sample_step`` are sampling's
     progress callbacks.
     """
+    import torch
+
     from medddpm.config import build_config
     from medddpm.evaluation.evaluate import evaluate
     from medddpm.inference.sample_to_folder import ConditionRequest, sample_to_folder
@@ -473,15 +498,17 @@ def run_demo(
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     stage = stopwatch(seconds)
-    threads = available_cores() if threads is None else threads
+    chosen, threads = threads is None, available_cores() if threads is None else threads
     with torch_threads(threads):
         with stage("cohort"):
             cohort = make_cohort(output / "cohort", n_subjects, size[0], seed, log=log)
 
         with stage("train"):
             trained = train_in_time(
-                cfg, cohort, output / "run", minutes, started, num_samples, threads, log, on_step
-            )
+                cfg, cohort, output / "run", minutes, started, num_samples, threads, log, on_step,
+                try_one_thread=chosen,
+            )  # fmt: skip
+            threads = torch.get_num_threads()  # one, where the warm-up found one thread faster
         if trained.interrupted or trained.checkpoint is None:
             raise KeyboardInterrupt
 

@@ -81,8 +81,7 @@ def test_cohort_groups_differ_in_head_volume_and_are_written_as_train_tables(tmp
     assert max(volumes["small"]) < min(volumes["large"])  # no overlap between the groups
 
 
-def test_demo_command_end_to_end_on_the_tiny_config(tmp_path: Path, capsys, monkeypatch):
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # what the command sets, restored afterwards
+def test_demo_command_end_to_end_on_the_tiny_config(tmp_path: Path, capsys):
     out = tmp_path / "demo"
     args = ["demo", "--output", str(out), "--config", "tiny", "--set", "train.max_steps=100000"]
     args += ["--set", "train.preview_every=1000", "--minutes", "0.02", "--subjects", "8", "--num", "4"]
@@ -121,7 +120,6 @@ def test_demo_command_end_to_end_on_the_tiny_config(tmp_path: Path, capsys, monk
 
 
 def test_without_nilearn_the_demo_says_what_to_install(tmp_path: Path, capsys, monkeypatch):
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     monkeypatch.setitem(sys.modules, "nilearn", None)  # import nilearn now raises ImportError
     monkeypatch.setitem(sys.modules, "nilearn.datasets", None)
     code, _, stderr = run_cli(["demo", "--output", str(tmp_path / "demo")], capsys)
@@ -176,7 +174,6 @@ def test_demo_runs_on_every_core_unless_told_and_says_how_many(
 ):
     import torch
 
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     monkeypatch.setattr(os, "getloadavg", lambda: (8.0, 8.0, 8.0))  # a busy machine: still every core
     expected = available_cores() if asked is None else available_cores() + 1
     before = torch.get_num_threads()
@@ -196,8 +193,7 @@ def test_demo_runs_on_every_core_unless_told_and_says_how_many(
     assert "metrics table" in stdout
 
 
-def test_demo_overwrite_replaces_its_parts_and_nothing_else(fake_stages, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+def test_demo_overwrite_replaces_its_parts_and_nothing_else(fake_stages, tmp_path, capsys):
     out = tmp_path / "demo"
     for part in ("cohort", "run", "samples", "report"):
         (out / part).mkdir(parents=True)
@@ -216,8 +212,7 @@ def test_demo_overwrite_replaces_its_parts_and_nothing_else(fake_stages, tmp_pat
     ]  # fmt: skip
 
 
-def test_threads_below_one_is_refused(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+def test_threads_below_one_is_refused(tmp_path, capsys):
     code, _, stderr = run_cli(["demo", "--output", str(tmp_path / "demo"), "--threads", "0"], capsys)
     assert code == 2 and stderr.strip() == "error: --threads must be at least 1; got 0"
     assert not (tmp_path / "demo").exists()
@@ -265,3 +260,73 @@ def test_demo_times_its_warm_up_and_fits_its_steps_to_the_minutes(pace, expected
         fitted, resume = calls[1]
         assert resume and fitted.max_steps == steps
         assert fitted.max_minutes == pytest.approx(1.25 * pace * (steps - warmup) / 60)
+
+
+@pytest.mark.parametrize(("busy", "threads_after"), [(False, 2), (True, 1)], ids=["idle", "busy"])
+def test_the_warm_up_tries_one_thread_and_keeps_the_faster(busy, threads_after, tmp_path, monkeypatch):
+    """Asked to choose, the demo times the second half of its warm-up on one thread: on idle cores two
+    threads win, on cores another program keeps busy one does; the faster pace fits the steps."""
+    import time
+
+    import torch
+
+    from medddpm.demo import TIMED_FROM, train_in_time
+    from medddpm.runtime import torch_threads
+    from medddpm.training.monitor import StepLog
+
+    cfg = build_config("demo")
+    pace = {2: 0.6 if busy else 0.2, 1: 0.3}  # seconds a step on that many threads
+    seen_threads, fitted = [], []
+
+    def fake_train(cfg, data_dir, run_dir, *, resume=False, conditions=None, log, on_step):
+        if resume:
+            fitted.append((cfg.train.max_steps, torch.get_num_threads()))
+            return SimpleNamespace(step=cfg.train.max_steps, interrupted=False)
+        clock = 0.0
+        for step in range(1, cfg.train.max_steps + 1):
+            seen_threads.append(torch.get_num_threads())
+            clock += pace[torch.get_num_threads()]
+            on_step(StepLog(step, cfg.train.max_steps, 0.1, 1e-3, 1.0, 0, clock))
+        return SimpleNamespace(step=cfg.train.max_steps, interrupted=False)
+
+    lines: list[str] = []
+    monkeypatch.setattr("medddpm.training.loop.train", fake_train)
+    with torch_threads(2):
+        cohort = Cohort(tmp_path, [], [], 32, 6.0)
+        train_in_time(
+            cfg, cohort, tmp_path / "run", 10.0, time.perf_counter(), 16, 2, lines.append, None, True
+        )
+        after = torch.get_num_threads()
+    warmup, switch = cfg.train.warmup_steps, (TIMED_FROM + cfg.train.warmup_steps) // 2
+    assert seen_threads == [2] * switch + [1] * (warmup - switch)
+    assert after == threads_after and fitted[0][1] == threads_after
+    chosen = min(pace.values())
+    assert f"{chosen:.2f} s a step here on {threads_after} thread" in lines[-1]
+    assert f"2 threads: {pace[2]:.2f} s, 1 thread: 0.30 s" in lines[-1]
+
+
+def test_told_its_threads_the_demo_keeps_them(tmp_path, monkeypatch):
+    """--threads N: the warm-up runs on N threads throughout."""
+    import time
+
+    import torch
+
+    from medddpm.demo import train_in_time
+    from medddpm.runtime import torch_threads
+    from medddpm.training.monitor import StepLog
+
+    seen_threads = set()
+
+    def fake_train(cfg, data_dir, run_dir, *, resume=False, conditions=None, log, on_step):
+        for step in range(1, cfg.train.max_steps + 1 if not resume else 0):
+            seen_threads.add(torch.get_num_threads())
+            on_step(StepLog(step, cfg.train.max_steps, 0.1, 1e-3, 1.0, 0, 0.2 * step))
+        return SimpleNamespace(step=cfg.train.max_steps, interrupted=False)
+
+    monkeypatch.setattr("medddpm.training.loop.train", fake_train)
+    with torch_threads(2):
+        cohort = Cohort(tmp_path, [], [], 32, 6.0)
+        train_in_time(
+            build_config("demo"), cohort, tmp_path / "run", 10.0, time.perf_counter(), 16, 2, print, None
+        )
+    assert seen_threads == {2}

@@ -1,14 +1,12 @@
 """The ``medddpm`` command: the Typer app, its commands (one module each) and the error handling.
 
-Heavy imports (torch, MONAI) happen inside the commands so that ``--help`` is instant, and after
-``main`` has set ``OMP_WAIT_POLICY`` for every command.
+Heavy imports (torch, MONAI) happen inside the commands so that ``--help`` is instant.
 Exit codes: 0 success, 1 unexpected failure, 2 bad input or usage (one line, no traceback unless
 ``--debug``), 130 interrupted (143 when SIGTERM stopped `train`).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Annotated
 
@@ -65,7 +63,6 @@ def main(argv: list[str] | None = None) -> None:
     # share, spinning threads take the cores the working ones need (see README, "GPU, precision
     # and speed"). OpenMP reads this once, when torch loads it: hence here, before any command
     # imports torch. A value the user set is kept.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from rich.markup import escape
 
     from medddpm.errors import InputError, TrainingAborted

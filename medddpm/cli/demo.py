@@ -11,7 +11,6 @@ from rich.markup import escape
 
 from medddpm.cli.options import (
     SetOpt,
-    ThreadsOpt,
     console,
     print_message,
     startup_checks,
@@ -42,7 +41,14 @@ def demo(
     ] = None,
     num: Annotated[int, typer.Option("--num", "-n", help="Synthetic volumes to draw and evaluate.")] = 16,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the cohort, training and sampling.")] = 0,
-    threads: ThreadsOpt = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            help="CPU threads torch computes with (default: every core, or 1 where the timed warm-up "
+            "finds one faster).",
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an earlier demo's folders in OUTPUT.")
     ] = False,
