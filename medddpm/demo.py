@@ -498,7 +498,8 @@ def run_demo(
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     stage = stopwatch(seconds)
-    chosen, threads = threads is None, available_cores() if threads is None else threads
+    choose = threads is None  # every core, or one if the warm-up finds it faster
+    threads = available_cores() if choose else threads
     with torch_threads(threads):
         with stage("cohort"):
             cohort = make_cohort(output / "cohort", n_subjects, size[0], seed, log=log)
@@ -506,7 +507,7 @@ def run_demo(
         with stage("train"):
             trained = train_in_time(
                 cfg, cohort, output / "run", minutes, started, num_samples, threads, log, on_step,
-                try_one_thread=chosen,
+                try_one_thread=choose,
             )  # fmt: skip
             threads = torch.get_num_threads()  # one, where the warm-up found one thread faster
         if trained.interrupted or trained.checkpoint is None:
