@@ -408,8 +408,6 @@ def train_in_time(
     trained = train_for(timed, on_step=timing, preview_every=0)
     if trained.interrupted or trained.step < timed:
         return trained
-    pace = (clock[timed] - clock[TIMED_FROM]) / (timed - TIMED_FROM)
-    on = ""
     if halves:
         every = (clock[switch] - clock[TIMED_FROM]) / (switch - TIMED_FROM)
         one = (clock[timed] - clock[switch + 1]) / (timed - switch - 1)  # the first on one thread untimed
@@ -417,6 +415,8 @@ def train_in_time(
         torch.set_num_threads(1 if one < every else threads)
         n = torch.get_num_threads()
         on = f" on {n} thread{'s' if n > 1 else ''} ({threads} threads: {every:.2f} s, 1 thread: {one:.2f} s)"
+    else:
+        pace, on = (clock[timed] - clock[TIMED_FROM]) / (timed - TIMED_FROM), ""
     spent = time.perf_counter() - started
     steps = fitted_steps(cfg, minutes, spent, pace, timed, num_samples)
     log(

@@ -262,10 +262,17 @@ def test_demo_times_its_warm_up_and_fits_its_steps_to_the_minutes(pace, expected
         assert fitted.max_minutes == pytest.approx(1.25 * pace * (steps - warmup) / 60)
 
 
-@pytest.mark.parametrize(("busy", "threads_after"), [(False, 2), (True, 1)], ids=["idle", "busy"])
-def test_the_warm_up_tries_one_thread_and_keeps_the_faster(busy, threads_after, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("choose", "busy", "threads_after"),
+    [(True, False, 2), (True, True, 1), (False, True, 2)],
+    ids=["idle", "busy", "told-its-threads"],
+)
+def test_the_warm_up_tries_one_thread_and_keeps_the_faster(
+    choose, busy, threads_after, tmp_path, monkeypatch
+):
     """Asked to choose, the demo times the second half of its warm-up on one thread: on idle cores two
-    threads win, on cores another program keeps busy one does; the faster pace fits the steps."""
+    threads win, on cores another program keeps busy one does; the faster pace fits the steps. Told its
+    threads (--threads N), it keeps them throughout, even where one would be faster."""
     import time
 
     import torch
@@ -294,39 +301,16 @@ def test_the_warm_up_tries_one_thread_and_keeps_the_faster(busy, threads_after, 
     with torch_threads(2):
         cohort = Cohort(tmp_path, [], [], 32, 6.0)
         train_in_time(
-            cfg, cohort, tmp_path / "run", 10.0, time.perf_counter(), 16, 2, lines.append, None, True
+            cfg, cohort, tmp_path / "run", 10.0, time.perf_counter(), 16, 2, lines.append, None, choose
         )
         after = torch.get_num_threads()
     warmup, switch = cfg.train.warmup_steps, (TIMED_FROM + cfg.train.warmup_steps) // 2
-    assert seen_threads == [2] * switch + [1] * (warmup - switch)
     assert after == threads_after and fitted[0][1] == threads_after
+    if not choose:
+        assert seen_threads == [2] * warmup
+        assert f"{pace[2]:.2f} s a step here, so that" in lines[-1]
+        return
+    assert seen_threads == [2] * switch + [1] * (warmup - switch)
     chosen = min(pace.values())
     assert f"{chosen:.2f} s a step here on {threads_after} thread" in lines[-1]
     assert f"2 threads: {pace[2]:.2f} s, 1 thread: 0.30 s" in lines[-1]
-
-
-def test_told_its_threads_the_demo_keeps_them(tmp_path, monkeypatch):
-    """--threads N: the warm-up runs on N threads throughout."""
-    import time
-
-    import torch
-
-    from medddpm.demo import train_in_time
-    from medddpm.runtime import torch_threads
-    from medddpm.training.monitor import StepLog
-
-    seen_threads = set()
-
-    def fake_train(cfg, data_dir, run_dir, *, resume=False, conditions=None, log, on_step):
-        for step in range(1, cfg.train.max_steps + 1 if not resume else 0):
-            seen_threads.add(torch.get_num_threads())
-            on_step(StepLog(step, cfg.train.max_steps, 0.1, 1e-3, 1.0, 0, 0.2 * step))
-        return SimpleNamespace(step=cfg.train.max_steps, interrupted=False)
-
-    monkeypatch.setattr("medddpm.training.loop.train", fake_train)
-    with torch_threads(2):
-        cohort = Cohort(tmp_path, [], [], 32, 6.0)
-        train_in_time(
-            build_config("demo"), cohort, tmp_path / "run", 10.0, time.perf_counter(), 16, 2, print, None
-        )
-    assert seen_threads == {2}

@@ -59,10 +59,6 @@ app.add_typer(study.app, name="study")
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user-fixable errors into one line and exit code 2."""
-    # OpenMP threads that wait for work sleep instead of spinning. On a CPU that other programs
-    # share, spinning threads take the cores the working ones need (see README, "GPU, precision
-    # and speed"). OpenMP reads this once, when torch loads it: hence here, before any command
-    # imports torch. A value the user set is kept.
     from rich.markup import escape
 
     from medddpm.errors import InputError, TrainingAborted
