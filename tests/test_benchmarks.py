@@ -156,6 +156,14 @@ def test_bench_data_smallest(tmp_path: Path):
     assert json.loads((tmp_path / "d.json").read_text())["size"] == 16
 
 
+def test_bench_sample_layout_smallest(capsys):
+    bench = load("bench_sample_layout")
+    (row,) = bench.main(["--configs", "tiny", "--volumes", "2", "--steps", "2", "--repeats", "1"])
+    assert row["config"] == "tiny" and all(s > 0 for s in row["seconds"].values())
+    assert 0 < row["diff"] < 1e-3  # the same weights in two layouts: rounding, not zero (the output moves)
+    assert "| tiny (" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils timeout")
 def test_gpu_check_dry_run(tmp_path: Path):

@@ -566,8 +566,9 @@ def _draw(
 ) -> dict[int, dict[str, Any]]:
     """Draw samples ``todo`` batch by batch, writing each file as its batch finishes; their records."""
     from medddpm.diffusion.generate import generate_batches
+    from medddpm.models.unet import preferred_memory_format, to_memory_format
 
-    model = plan.model.to(plan.device)
+    model = to_memory_format(plan.model.to(plan.device), preferred_memory_format(plan.device))
     seeds = [plan.seed + i for i in todo]
     settings = plan.settings
     cond = plan.conditions

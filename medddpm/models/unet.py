@@ -84,10 +84,11 @@ def _checkpointed(cls: type[torch.nn.Module]) -> type[torch.nn.Module]:
 
 
 def preferred_memory_format(device: torch.device) -> torch.memory_format:
-    """Layout for the U-Net's weights and activations when training on ``device``.
+    """Layout for the U-Net's weights and activations when training or sampling on ``device``.
 
-    CPU: channels-last (NDHWC), in which oneDNN's 3D convolutions (most of a training step) run
-    faster; see ``to_memory_format`` and benchmarks/RESULTS.md. CUDA: the default layout, as
+    CPU: channels-last (NDHWC), in which oneDNN's 3D convolutions (most of a training step and of a
+    sampler's network evaluation) run faster; see ``to_memory_format`` and benchmarks/RESULTS.md
+    ("Training throughput", "Sampling on CPU"). CUDA: the default layout, as
     channels-last 3D has been reported slower there with GroupNorm
     (``benchmarks/bench_train.py --compare-layouts`` measures it).
     """
