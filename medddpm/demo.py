@@ -321,6 +321,10 @@ def _require_nilearn() -> None:
 
 TIMED_FROM = 10
 """Training steps before this one are not timed: the first ones pay for allocation and warm-up."""
+RETIME_SECONDS = 60.0
+"""After fitting its steps to the warm-up's pace, the demo trains about this long on that fit, times
+those steps again and fits once more: 40 warm-up steps are a short sample of a machine, and a
+moment's load during them (another program starting) would cost the whole demo steps."""
 EVALUATE_SECONDS = 20.0
 """What the demo keeps for evaluation when it fits its training steps to its minutes: features, MS-SSIM,
 nearest-training correlation and the report of 16 + 16 volumes at 32³ take 10-15 s on 2 CPU cores."""
@@ -357,9 +361,13 @@ def train_in_time(
 
     The warm-up steps (``train.warmup_steps``, whose learning rate does not depend on max_steps) are
     trained and timed first; then the run resumes with max_steps fitted to the time left
-    (``fitted_steps``). Resuming is exact, so the weights are those of one uninterrupted run of that
-    many steps. ``train.max_minutes`` stays a ceiling in case the machine slows down. A config with
-    fewer than 2 x TIMED_FROM warm-up steps is trained for its max_steps or ``minutes``.
+    (``fitted_steps``). After about RETIME_SECONDS of those steps it stops (``stop_after``), takes
+    the median step time of that stretch (a pace a moment's load does not move) and resumes with
+    max_steps fitted again. Resuming is exact, so the weights are those of one uninterrupted run but
+    for the learning rate of the re-timed stretch, which followed the first fit's cosine decay: near
+    its start, where a decay over 20% more or fewer steps differs by 1-4% of the peak rate.
+    ``train.max_minutes`` stays a ceiling in case the machine slows down. A config with fewer than
+    2 x TIMED_FROM warm-up steps is trained for its max_steps or ``minutes``.
 
     With ``try_one_thread`` and more than one of ``threads``, the second half of the warm-up runs on one
     torch thread, and the rest of the demo on whichever was faster: on idle cores every thread helps,
@@ -372,7 +380,7 @@ def train_in_time(
 
     tc = cfg.train
 
-    def train_for(steps: int, resume: bool = False, on_step=on_step, **fields):
+    def train_for(steps: int, resume: bool = False, on_step=on_step, stop_after=None, **fields):
         """``train`` with max_steps = ``steps`` and the other ``train`` ``fields`` replaced."""
         changed = cfg.model_copy(update={"train": tc.model_copy(update={"max_steps": steps, **fields})})
         return train(
@@ -383,6 +391,7 @@ def train_in_time(
             conditions=cohort.train_conditions,
             log=log,
             on_step=on_step,
+            stop_after=stop_after,
         )
 
     cores = f"{threads} CPU thread{'s' if threads > 1 else ''}"
@@ -425,6 +434,28 @@ def train_in_time(
     )
     if steps <= timed:
         return trained
+    retimed = timed + int(RETIME_SECONDS / pace)
+    if retimed < steps:
+        seconds: list[float] = []
+
+        def retiming(entry) -> None:
+            seconds.append(entry.seconds)
+            if on_step is not None:
+                on_step(entry)
+
+        trained = train_for(steps, resume=True, on_step=retiming, stop_after=retimed)
+        if trained.interrupted or trained.step < retimed:
+            return trained
+        pace = float(np.median(np.diff([0.0, *seconds])))
+        spent = time.perf_counter() - started
+        steps = fitted_steps(cfg, minutes, spent, pace, retimed, num_samples)
+        log(
+            f"Re-timed steps {timed + 1}-{retimed} at {pace:.2f} s a step (median): training for {steps} "
+            "steps in all ..."
+        )
+        timed = retimed
+        if steps <= timed:
+            return trained
     ceiling = 1.25 * pace * (steps - timed) / 60  # the time left, with room for a busier machine
     return train_for(steps, resume=True, max_minutes=ceiling)
 

@@ -145,7 +145,7 @@ def fake_stages(monkeypatch) -> dict[str, list[int]]:
         record("cohort", out_dir)
         return Cohort(out_dir, [out_dir / "a.nii.gz"], [out_dir / "b.nii.gz"], image_size, 12.0)
 
-    def train(cfg, data_dir, run_dir, log, on_step, conditions=None, resume=False):
+    def train(cfg, data_dir, run_dir, log, on_step, conditions=None, resume=False, stop_after=None):
         record("train", run_dir)
         return SimpleNamespace(run_dir=run_dir, step=3, checkpoint=run_dir / "step-3", interrupted=False)
 
@@ -218,48 +218,103 @@ def test_threads_below_one_is_refused(tmp_path, capsys):
     assert not (tmp_path / "demo").exists()
 
 
-@pytest.mark.parametrize(
-    ("pace", "expected"),
-    [(0.5, 929), (0.01, None), (6.0, 50)],
-    ids=["fitted", "capped-at-max-steps", "no-time-left"],
-)
-def test_demo_times_its_warm_up_and_fits_its_steps_to_the_minutes(pace, expected, tmp_path, monkeypatch):
-    """The demo trains its warm-up, times it, then resumes for the steps that end the demo in its minutes
-    (at most the config's max_steps): the learning-rate decay runs to its end on a slow machine too."""
-    import time
+class FakeMachine:
+    """Stands in for ``medddpm.training.loop.train`` and for the clock ``medddpm.demo`` reads: step k
+    takes ``pace(k)`` seconds of a clock that only the steps move. Keeps every call (train section,
+    resume, stop_after, torch threads at the call) and the torch threads of every step."""
 
-    from medddpm.demo import train_in_time
-    from medddpm.training.monitor import StepLog
+    def __init__(self, pace):
+        self.pace, self.now, self.step = pace, 0.0, 0
+        self.calls: list[tuple] = []
+        self.threads: list[int] = []
+
+    def install(self, monkeypatch) -> None:
+        monkeypatch.setattr("medddpm.training.loop.train", self.train)
+        monkeypatch.setattr("medddpm.demo.time", SimpleNamespace(perf_counter=lambda: self.now))
+
+    def train(self, cfg, data_dir, run_dir, *, resume=False, conditions=None, log, on_step, stop_after=None):
+        import torch
+
+        from medddpm.training.monitor import StepLog
+
+        self.calls.append((cfg.train, resume, stop_after, torch.get_num_threads()))
+        first, t0 = (self.step if resume else 0), self.now
+        self.step = stop_after or cfg.train.max_steps
+        for step in range(first + 1, self.step + 1):
+            self.threads.append(torch.get_num_threads())
+            self.now += self.pace(step)
+            if on_step is not None:
+                on_step(StepLog(step, cfg.train.max_steps, 0.1, 1e-3, 1.0, 0, self.now - t0))
+        return SimpleNamespace(step=self.step, interrupted=False)
+
+
+def fit(done: int, spent: float, pace: float) -> int:
+    """The demo config's steps for 10 minutes: 600 s less those spent, 16 x 30 sampling calls at a
+    sixth of a step each and 20 s of evaluation; at least ``done``, at most its max_steps."""
+    return min(
+        build_config("demo").train.max_steps, done + max(0, int((600 - spent - 80 * pace - 20) // pace))
+    )
+
+
+@pytest.mark.parametrize("pace", [0.5, 0.01, 6.0], ids=["fitted", "capped-at-max-steps", "no-time-left"])
+def test_demo_times_its_warm_up_and_fits_its_steps_to_the_minutes(pace, tmp_path, monkeypatch):
+    """The demo trains its warm-up, times it, resumes for the steps that end the demo in its minutes
+    (at most the config's max_steps), pauses after about a minute of them, times them again and
+    fits again: the learning-rate decay runs to its end on a slow machine too."""
+    from medddpm.demo import RETIME_SECONDS, train_in_time
 
     cfg = build_config("demo")
     warmup, ceiling = cfg.train.warmup_steps, cfg.train.max_steps
-    calls, progress = [], []
+    machine, progress, lines = FakeMachine(lambda step: pace), [], []
+    machine.install(monkeypatch)
+    started = -100.2  # cohort and set-up took 100.2 s
+    result = train_in_time(cfg, Cohort(tmp_path, [], [], 32, 6.0), tmp_path / "run", 10.0, started, 16, 2,
+                           lines.append, progress.append)  # fmt: skip
 
-    def fake_train(cfg, data_dir, run_dir, *, resume=False, conditions=None, log, on_step):
-        calls.append((cfg.train, resume))
-        first = 0 if not resume else warmup
-        for step in range(first + 1, cfg.train.max_steps + 1):  # this machine: `pace` seconds a step
-            on_step(StepLog(step, cfg.train.max_steps, 0.1, 1e-3, 1.0, 0, pace * (step - first)))
-        return SimpleNamespace(step=cfg.train.max_steps, interrupted=False)
-
-    monkeypatch.setattr("medddpm.training.loop.train", fake_train)
-    cohort = Cohort(tmp_path, [], [], 32, 6.0)
-    started = time.perf_counter() - 100.2  # cohort and set-up took 100.2 s
-    lines: list[str] = []
-    result = train_in_time(cfg, cohort, tmp_path / "run", 10.0, started, 16, 2, lines.append, progress.append)
-
-    timed, resume = calls[0]
-    assert (timed.max_steps, timed.preview_every, resume) == (warmup, 0, False)
+    timed, resume, stop_after, _ = machine.calls[0]
+    assert (timed.max_steps, timed.preview_every, resume, stop_after) == (warmup, 0, False, None)
     assert {e.max_steps for e in progress[:warmup]} == {ceiling}  # the bar spans the whole run
-    # 600 s - 100.2 spent - 40 of sampling (16 x 30 calls at a sixth of a step each) - 20 of evaluation
-    steps = ceiling if expected is None else expected
-    assert result.step == steps and f"Training for {steps} steps (at most {ceiling})" in lines[-1]
-    if steps == warmup:
-        assert len(calls) == 1
-    else:
-        fitted, resume = calls[1]
-        assert resume and fitted.max_steps == steps
-        assert fitted.max_minutes == pytest.approx(1.25 * pace * (steps - warmup) / 60)
+    first = fit(warmup, 100.2 + warmup * pace, pace)
+    assert f"Training for {first} steps (at most {ceiling})" in lines[1]
+    if first == warmup:  # no time left after the warm-up
+        assert len(machine.calls) == 1 and result.step == warmup
+        return
+    retimed = warmup + int(RETIME_SECONDS / pace)
+    if retimed >= first:  # too few steps to time again: one more call
+        assert [c[1:3] for c in machine.calls[1:]] == [(True, None)] and first == ceiling
+        assert result.step == first
+        return
+    paused, resume, stop_after, _ = machine.calls[1]
+    assert (paused.max_steps, resume, stop_after) == (first, True, retimed)
+    steps = fit(retimed, 100.2 + retimed * pace, pace)
+    assert steps == first  # the same pace fits the same steps
+    assert (
+        f"Re-timed steps {warmup + 1}-{retimed} at {pace:.2f} s a step (median): training for {steps}"
+        in lines[-1]
+    )
+    last, resume, stop_after, _ = machine.calls[2]
+    assert (last.max_steps, resume, stop_after, result.step) == (steps, True, None, steps)
+    assert last.max_minutes == pytest.approx(1.25 * pace * (steps - retimed) / 60)
+
+
+def test_a_moment_of_load_in_the_warm_up_costs_no_steps(tmp_path, monkeypatch):
+    """Another program busy during the warm-up (0.6 s a step, then 0.2) makes the first fit short;
+    the re-timed stretch, with one 10-second hiccup in it, gives the pace of the rest (its median),
+    and the demo trains the steps that fill its minutes."""
+    from medddpm.demo import RETIME_SECONDS, train_in_time
+
+    cfg = build_config("demo")
+    warmup = cfg.train.warmup_steps
+    machine, lines = FakeMachine(lambda step: 0.6 if step <= warmup else 10.0 if step == 100 else 0.2), []
+    machine.install(monkeypatch)
+    result = train_in_time(cfg, Cohort(tmp_path, [], [], 32, 6.0), tmp_path / "run", 10.0, -30.0, 16, 2,
+                           lines.append, None)  # fmt: skip
+    first = fit(warmup, 30 + 0.6 * warmup, 0.6)
+    retimed = warmup + int(RETIME_SECONDS / 0.6)
+    spent = 30 + 0.6 * warmup + 10.0 + 0.2 * (retimed - warmup - 1)
+    steps = fit(retimed, spent, 0.2)
+    assert [c[0].max_steps for c in machine.calls] == [warmup, first, steps] and steps > first + 1000
+    assert "at 0.20 s a step (median)" in lines[-1] and result.step == steps
 
 
 @pytest.mark.parametrize(
@@ -273,44 +328,28 @@ def test_the_warm_up_tries_one_thread_and_keeps_the_faster(
     """Asked to choose, the demo times the second half of its warm-up on one thread: on idle cores two
     threads win, on cores another program keeps busy one does; the faster pace fits the steps. Told its
     threads (--threads N), it keeps them throughout, even where one would be faster."""
-    import time
-
     import torch
 
     from medddpm.demo import TIMED_FROM, train_in_time
     from medddpm.runtime import torch_threads
-    from medddpm.training.monitor import StepLog
 
     cfg = build_config("demo")
     pace = {2: 0.6 if busy else 0.2, 1: 0.3}  # seconds a step on that many threads
-    seen_threads, fitted = [], []
-
-    def fake_train(cfg, data_dir, run_dir, *, resume=False, conditions=None, log, on_step):
-        if resume:
-            fitted.append((cfg.train.max_steps, torch.get_num_threads()))
-            return SimpleNamespace(step=cfg.train.max_steps, interrupted=False)
-        clock = 0.0
-        for step in range(1, cfg.train.max_steps + 1):
-            seen_threads.append(torch.get_num_threads())
-            clock += pace[torch.get_num_threads()]
-            on_step(StepLog(step, cfg.train.max_steps, 0.1, 1e-3, 1.0, 0, clock))
-        return SimpleNamespace(step=cfg.train.max_steps, interrupted=False)
-
-    lines: list[str] = []
-    monkeypatch.setattr("medddpm.training.loop.train", fake_train)
+    machine, lines = FakeMachine(lambda step: pace[torch.get_num_threads()]), []
+    machine.install(monkeypatch)
     with torch_threads(2):
         cohort = Cohort(tmp_path, [], [], 32, 6.0)
-        train_in_time(
-            cfg, cohort, tmp_path / "run", 10.0, time.perf_counter(), 16, 2, lines.append, None, choose
-        )
+        train_in_time(cfg, cohort, tmp_path / "run", 10.0, 0.0, 16, 2, lines.append, None, choose)
         after = torch.get_num_threads()
     warmup, switch = cfg.train.warmup_steps, (TIMED_FROM + cfg.train.warmup_steps) // 2
-    assert after == threads_after and fitted[0][1] == threads_after
+    assert after == threads_after and {c[3] for c in machine.calls[1:]} == {threads_after}
+    assert machine.threads[warmup:] == [threads_after] * (len(machine.threads) - warmup)
+    fitted = next(line for line in lines if line.startswith("Training for"))
     if not choose:
-        assert seen_threads == [2] * warmup
-        assert f"{pace[2]:.2f} s a step here, so that" in lines[-1]
+        assert machine.threads[:warmup] == [2] * warmup
+        assert f"{pace[2]:.2f} s a step here, so that" in fitted
         return
-    assert seen_threads == [2] * switch + [1] * (warmup - switch)
+    assert machine.threads[:warmup] == [2] * switch + [1] * (warmup - switch)
     chosen = min(pace.values())
-    assert f"{chosen:.2f} s a step here on {threads_after} thread" in lines[-1]
-    assert f"2 threads: {pace[2]:.2f} s, 1 thread: 0.30 s" in lines[-1]
+    assert f"{chosen:.2f} s a step here on {threads_after} thread" in fitted
+    assert f"2 threads: {pace[2]:.2f} s, 1 thread: 0.30 s" in fitted

@@ -102,6 +102,7 @@ def train(
     labels: str | Path | None = None,
     log: Callable[[str], None] = _no_log,
     on_step: Callable[[StepLog], None] | None = None,
+    stop_after: int | None = None,
 ) -> TrainResult:
     """Train a DDPM on the NIfTI scans below ``data_dir``, writing everything into ``run_dir``.
 
@@ -109,6 +110,8 @@ def train(
     variables to condition on (``medddpm.data.conditions``). ``labels``: a folder of label maps
     paired with the scans by name (``medddpm.data.labels``), fed to the network beside x. ``log``
     receives one line per event (process 0 only); ``on_step`` a StepLog after every step (process 0 only).
+    ``stop_after``: stop with a checkpoint after this step, before ``train.max_steps``, whose
+    learning-rate schedule the steps follow (to resume from it, as ``train.max_minutes`` stops).
     """
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     compute = start_compute(cfg.train)
@@ -136,7 +139,7 @@ def train(
     learner = start_learner(cfg, compute, resume_state, log, found.condition_sizes, found.label_values)
     del resume_state  # the checkpoint's weights and optimizer moments: in the learner now
     log(describe_run(len(dataset), learner, compute, cfg.train))
-    return run_loop(learner, dataset, cfg, compute, found, run_dir, data_dir, log, on_step)
+    return run_loop(learner, dataset, cfg, compute, found, run_dir, data_dir, log, on_step, stop_after)
 
 
 @dataclass(frozen=True)
@@ -359,12 +362,14 @@ def run_loop(
     data_dir: Path,
     log: Callable[[str], None],
     on_step: Callable[[StepLog], None] | None,
+    stop_after: int | None = None,
 ) -> TrainResult:
     """5. Optimizer steps up to ``train.max_steps``: after each, record, checkpoint and preview when due.
 
-    The first Ctrl-C or SIGTERM, or the end of ``train.max_minutes``, stops after the current step
-    with a checkpoint; a second signal stops at once (KeyboardInterrupt, no checkpoint). Non-finite
-    steps are skipped, and ``train.max_nonfinite`` of them in a row raise TrainingAborted.
+    The first Ctrl-C or SIGTERM, the end of ``train.max_minutes``, or step ``stop_after`` stops after
+    the current step with a checkpoint; a second signal stops at once (KeyboardInterrupt, no
+    checkpoint). Non-finite steps are skipped, and ``train.max_nonfinite`` of them in a row raise
+    TrainingAborted.
     """
     tc, dist, device = cfg.train, compute.dist, compute.device
     schedule = build_process(cfg.diffusion)
@@ -399,8 +404,9 @@ def run_loop(
         )
 
     return run_steps(
-        learner, take_step, preview, checkpoints, tc, compute, found, run_dir, data_dir, log, on_step
-    )
+        learner, take_step, preview, checkpoints, tc, compute, found, run_dir, data_dir, log, on_step,
+        stop_after=stop_after,
+    )  # fmt: skip
 
 
 def run_steps(
@@ -416,10 +422,11 @@ def run_steps(
     log: Callable[[str], None],
     on_step: Callable[[StepLog], None] | None,
     command: str = "train",
+    stop_after: int | None = None,
 ) -> TrainResult:
     """The loop of ``run_loop`` for any learner: ``take_step()`` takes one optimizer step and returns
     (loss, grad_norm); ``preview(step)`` writes a preview (process 0). ``command``: the medddpm
-    command named in the advice to resume."""
+    command named in the advice to resume. ``stop_after``: the step to stop after (``train``)."""
     dist, device = compute.dist, compute.device
     records = RunRecords(run_dir, tc, learner.step if found.start else None, enabled=dist.is_main)
     stop = StopRequest()
@@ -434,8 +441,9 @@ def run_steps(
             check_diverged(nonfinite_in_a_row, learner.step, tc)
             seconds = time.perf_counter() - t0
             spent = out_of_time(tc.max_minutes, seconds, dist, device)
+            paused = learner.step == stop_after  # checkpointed and logged, not previewed
             last = learner.step == tc.max_steps or spent
-            logged = learner.step % tc.log_every == 0 or last
+            logged = learner.step % tc.log_every == 0 or last or paused
             if logged:
                 loss = mean_over_processes(loss, compute)
             lr = learner.scheduler.get_last_lr()[0]
@@ -448,12 +456,14 @@ def run_steps(
                 stop.call(on_step, entry)
             if stop.agreed(dist, device):
                 raise KeyboardInterrupt
-            if learner.step % tc.checkpoint_every == 0 or last:
+            if learner.step % tc.checkpoint_every == 0 or last or paused:
                 checkpoints.save(learner)
             if tc.preview_every and (learner.step % tc.preview_every == 0 or last) and dist.is_main:
                 preview(learner.step)
             if spent:
                 log(f"Stopped at step {learner.step}: train.max_minutes={tc.max_minutes:g} reached")
+                break
+            if paused:
                 break
     except KeyboardInterrupt:
         if stop.forced:

@@ -80,6 +80,28 @@ def test_warm_up_then_resume_with_more_steps_equals_one_run(scan_dir: Path, tmp_
     assert lrs[-1] == pytest.approx(0.1 * tiny().train.lr)  # the decay ran to its end
 
 
+def test_stop_after_pauses_on_the_schedule_of_max_steps_and_resumes_exactly(scan_dir: Path, tmp_path: Path):
+    """stop_after=3 of 6 steps: a checkpoint at step 3, learning rates those of the 6-step run (not a
+    decay to its end at 3), and resuming gives the uninterrupted run's weights (what medddpm demo does
+    to time a machine again part-way)."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    options = ("train.warmup_steps=1", "train.min_lr_ratio=0.1", "train.checkpoint_every=100")
+    cfg = tiny("train.max_steps=6", "train.preview_every=5", "train.preview_steps=2", *options)
+    train(cfg, scan_dir, straight)
+    paused = train(cfg, scan_dir, split, stop_after=3)
+    assert (paused.step, paused.interrupted, paused.checkpoint.name) == (3, False, "step-00000003")
+    assert not list(split.glob("previews/*.png"))  # a pause is not the end of a run: no preview
+    lrs = [float(r["lr"]) for r in csv.DictReader((split / "metrics.csv").open())]
+    straight_lrs = [float(r["lr"]) for r in csv.DictReader((straight / "metrics.csv").open())]
+    assert lrs == straight_lrs[:3] and lrs[-1] > 0.5 * cfg.train.lr
+    assert train(cfg, scan_dir, split, resume=True).step == 6
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = weights(straight, 6, name), weights(split, 6, name)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{name}:{k}")
+    assert sorted(p.name for p in split.glob("previews/*.png")) == ["step-00000005.png", "step-00000006.png"]
+
+
 def test_run_folder_contents(scan_dir: Path, tmp_path: Path):
     run = tmp_path / "run"
     result = train(tiny("train.max_steps=3", "train.checkpoint_every=1", "train.keep_last=2"), scan_dir, run)
