@@ -343,6 +343,14 @@ def fitted_steps(cfg, minutes: float, spent: float, pace: float, done: int, num_
     return int(min(cfg.train.max_steps, max(done, done + left // pace)))
 
 
+def steady_pace(step_seconds: Sequence[float]) -> float:
+    """Mean seconds a step, leaving out steps that took more than twice the median: those a moment's
+    load held up (another program starting), while the steps that regularly cost a little more
+    (logging, checkpoints) still count."""
+    times = np.asarray(step_seconds, dtype=float)
+    return float(times[times <= 2 * np.median(times)].mean())
+
+
 def train_in_time(
     cfg,
     cohort: Cohort,
@@ -361,9 +369,9 @@ def train_in_time(
 
     The warm-up steps (``train.warmup_steps``, whose learning rate does not depend on max_steps) are
     trained and timed first; then the run resumes with max_steps fitted to the time left
-    (``fitted_steps``). After about RETIME_SECONDS of those steps it stops (``stop_after``), takes
-    the median step time of that stretch (a pace a moment's load does not move) and resumes with
-    max_steps fitted again. Resuming is exact, so the weights are those of one uninterrupted run but
+    (``fitted_steps``). After about RETIME_SECONDS of those steps it stops (``stop_after``), times
+    that stretch (``steady_pace``: a moment's load does not move it) and resumes with max_steps
+    fitted again. Resuming is exact, so the weights are those of one uninterrupted run but
     for the learning rate of the re-timed stretch, which followed the first fit's cosine decay: near
     its start, where a decay over 20% more or fewer steps differs by 1-4% of the peak rate.
     ``train.max_minutes`` stays a ceiling in case the machine slows down. A config with fewer than
@@ -446,13 +454,10 @@ def train_in_time(
         trained = train_for(steps, resume=True, on_step=retiming, stop_after=retimed)
         if trained.interrupted or trained.step < retimed:
             return trained
-        pace = float(np.median(np.diff([0.0, *seconds])))
+        pace = steady_pace(np.diff([0.0, *seconds]))
         spent = time.perf_counter() - started
         steps = fitted_steps(cfg, minutes, spent, pace, retimed, num_samples)
-        log(
-            f"Re-timed steps {timed + 1}-{retimed} at {pace:.2f} s a step (median): training for {steps} "
-            "steps in all ..."
-        )
+        log(f"Re-timed steps {timed + 1}-{retimed} at {pace:.2f} s a step: training for {steps} steps in all")
         timed = retimed
         if steps <= timed:
             return trained

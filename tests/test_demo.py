@@ -288,10 +288,7 @@ def test_demo_times_its_warm_up_and_fits_its_steps_to_the_minutes(pace, tmp_path
     assert (paused.max_steps, resume, stop_after) == (first, True, retimed)
     steps = fit(retimed, 100.2 + retimed * pace, pace)
     assert steps == first  # the same pace fits the same steps
-    assert (
-        f"Re-timed steps {warmup + 1}-{retimed} at {pace:.2f} s a step (median): training for {steps}"
-        in lines[-1]
-    )
+    assert f"Re-timed steps {warmup + 1}-{retimed} at {pace:.2f} s a step: training for {steps}" in lines[-1]
     last, resume, stop_after, _ = machine.calls[2]
     assert (last.max_steps, resume, stop_after, result.step) == (steps, True, None, steps)
     assert last.max_minutes == pytest.approx(1.25 * pace * (steps - retimed) / 60)
@@ -299,8 +296,8 @@ def test_demo_times_its_warm_up_and_fits_its_steps_to_the_minutes(pace, tmp_path
 
 def test_a_moment_of_load_in_the_warm_up_costs_no_steps(tmp_path, monkeypatch):
     """Another program busy during the warm-up (0.6 s a step, then 0.2) makes the first fit short;
-    the re-timed stretch, with one 10-second hiccup in it, gives the pace of the rest (its median),
-    and the demo trains the steps that fill its minutes."""
+    the re-timed stretch, with one 10-second hiccup in it, gives the pace of the rest, and the demo
+    trains the steps that fill its minutes."""
     from medddpm.demo import RETIME_SECONDS, train_in_time
 
     cfg = build_config("demo")
@@ -314,7 +311,15 @@ def test_a_moment_of_load_in_the_warm_up_costs_no_steps(tmp_path, monkeypatch):
     spent = 30 + 0.6 * warmup + 10.0 + 0.2 * (retimed - warmup - 1)
     steps = fit(retimed, spent, 0.2)
     assert [c[0].max_steps for c in machine.calls] == [warmup, first, steps] and steps > first + 1000
-    assert "at 0.20 s a step (median)" in lines[-1] and result.step == steps
+    assert "at 0.20 s a step:" in lines[-1] and result.step == steps
+
+
+def test_the_steady_pace_leaves_out_hold_ups_and_keeps_regular_costs():
+    from medddpm.demo import steady_pace
+
+    regular = [0.2, 0.2, 0.2, 0.2, 0.3] * 20  # every fifth step logs: 0.22 s a step on average
+    assert steady_pace(regular) == pytest.approx(0.22)  # the median, 0.2, would overrun the minutes
+    assert steady_pace([*regular, 10.0, 3.0]) == pytest.approx(0.22)
 
 
 @pytest.mark.parametrize(
