@@ -52,12 +52,12 @@ class Denoiser:
 
 def load_denoiser(run_dir: Path, device: torch.device) -> Denoiser:
     """The latest checkpoint of ``run_dir``: its network rebuilt from its own config, EMA weights loaded."""
-    from medddpm.models.unet import build_unet, preferred_memory_format, to_memory_format
+    from medddpm.models.unet import build_unet, to_memory_format
 
     ckpt = open_checkpoint(resolve_checkpoint("latest", Path(run_dir)))
     model = build_unet(ckpt.config.model)
     load_weights(model, ckpt.weights(ema=True), ckpt.file("ema"))
-    to_memory_format(model.to(device), preferred_memory_format(device)).eval()
+    to_memory_format(model.to(device)).eval()  # the layout preferred on the device
     space = config_space(ckpt.config, run_dir)  # a latent run keeps its autoencoder there
     return Denoiser(model, build_process(ckpt.config.diffusion), ckpt.path, ckpt.step, space)
 

@@ -566,9 +566,9 @@ def _draw(
 ) -> dict[int, dict[str, Any]]:
     """Draw samples ``todo`` batch by batch, writing each file as its batch finishes; their records."""
     from medddpm.diffusion.generate import generate_batches
-    from medddpm.models.unet import preferred_memory_format, to_memory_format
+    from medddpm.models.unet import to_memory_format
 
-    model = to_memory_format(plan.model.to(plan.device), preferred_memory_format(plan.device))
+    model = to_memory_format(plan.model.to(plan.device))  # the layout preferred on the device
     seeds = [plan.seed + i for i in todo]
     settings = plan.settings
     cond = plan.conditions

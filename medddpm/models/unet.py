@@ -95,14 +95,19 @@ def preferred_memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
 
 
-def to_memory_format(model: DiffusionModelUNet, memory_format: torch.memory_format) -> DiffusionModelUNet:
-    """Put the weights, and so the activations, in ``memory_format``; returns ``model``.
+def to_memory_format(
+    model: DiffusionModelUNet, memory_format: torch.memory_format | None = None
+) -> DiffusionModelUNet:
+    """Put the weights, and so the activations, in ``memory_format`` (None: the layout
+    ``preferred_memory_format`` gives the device the weights are on); returns ``model``.
 
     For channels-last 3D every down, middle and up block also returns its outputs in that layout
     (a forward hook): MONAI's attention blocks end in ``.contiguous()``, which would put all later
     layers back in NCDHW and make each convolution convert its input and gradients. Results are
     the same up to float rounding; state-dict keys and checkpoints do not change.
     """
+    if memory_format is None:
+        memory_format = preferred_memory_format(next(model.parameters()).device)
     model.to(memory_format=memory_format)
     if memory_format == torch.channels_last_3d and not getattr(model, "_medddpm_channels_last", False):
         for block in [*model.down_blocks, model.middle_block, *model.up_blocks]:

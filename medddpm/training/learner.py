@@ -30,7 +30,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from medddpm.config import Config
 from medddpm.errors import InputError
-from medddpm.models.unet import build_unet, preferred_memory_format, to_memory_format
+from medddpm.models.unet import build_unet, to_memory_format
 from medddpm.runtime import Distributed
 from medddpm.training.checkpoint import Checkpoint, load_weights
 
@@ -159,7 +159,7 @@ def build_learner(
     if model is None:
         model = to_memory_format(
             build_unet(cfg.model, condition_sizes=condition_sizes, label_values=label_values).to(device),
-            memory_format or preferred_memory_format(device),
+            memory_format,
         )
     ema = AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(tc.ema_decay, tc.ema_warmup), use_buffers=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
