@@ -333,18 +333,42 @@ def sample_euler(
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Euler's method on the rectified-flow ODE dx_t/dt = -v(x_t, t) (Liu et al. 2022, Sec. 2.1):
-    x_s = x_t + (s - t) d from each time t to the next s, the last step to s = 0. Deterministic
-    (eta is unused). Without clipping one step is MONAI's ``RFlowScheduler.step``.
-    x: x_T = x_1 [B, C, *spatial]; returns x_0.
+    x_s = x_t + (s - t) d from each time t to the next s, the last step to s = 0. Without clipping
+    one step is MONAI's ``RFlowScheduler.step``. x: x_T = x_1 [B, C, *spatial]; returns x_0.
+
+    eta in [0, 1] makes the steps ancestral: x_s = (1 - s) x-hat_0 + sqrt(s^2 - c^2) eps-hat + c z,
+    with eps-hat = (x_t - (1 - t) x-hat_0) / t and c = ``flow_ancestral_std(t, s, eta)``. This is DDIM's
+    Eq. 12 (Song et al. 2021) on the flow's path x_t = (1 - t) x_0 + t eps, and k-diffusion's
+    ``sample_euler_ancestral`` in its coordinates (x_t / (1 - t), sigma = t / (1 - t)). eta = 0 is
+    the ODE above; eta = 1 samples the posterior q(x_s | x_t, x-hat_0), as DDPM does, so fresh noise
+    at every step washes out part of what the network got wrong at earlier ones (Karras et al. 2022,
+    Sec. 4). The last step returns x-hat_0.
     """
     x = _latent(x)
     ts = [float(t) for t in timesteps]
     for i, (t, s) in enumerate(zip(ts, ts[1:] + [0.0], strict=True), start=1):
-        _, d = flow_denoise(model, x, t, schedule, clip, model_kwargs)
-        x = x + (s - t) * d
+        x0, d = flow_denoise(model, x, t, schedule, clip, model_kwargs)
+        c = flow_ancestral_std(t, s, eta)
+        if c > 0:
+            eps = x0 + d  # (x_t - (1 - t) x-hat_0) / t, as d = (x_t - x-hat_0) / t
+            x = (1 - s) * x0 + math.sqrt(max(s * s - c * c, 0.0)) * eps + c * randn_like(x, generator)
+        else:
+            x = x + (s - t) * d
         if callback is not None:
             callback(i, len(ts))
     return x
+
+
+def flow_ancestral_std(t: float, s: float, eta: float) -> float:
+    """The noise an ancestral rectified-flow step from t to s < t adds: eta times the standard
+    deviation of q(x_s | x_t, x_0) on the path x_t = (1 - t) x_0 + t eps,
+    c = eta s sqrt(1 - (s (1 - t) / (t (1 - s)))^2) (DDIM's sigma_t(eta), Song et al. 2021 Eq. 16,
+    there with alpha_t = 1 - t and sigma_t = t); 0 for eta = 0 and for the last step (s = 0).
+    """
+    if eta <= 0 or s <= 0:
+        return 0.0
+    ratio = s * (1 - t) / (t * (1 - s))  # the ratio of the noise levels sigma = t / (1 - t)
+    return eta * s * math.sqrt(max(1 - ratio * ratio, 0.0))
 
 
 @torch.no_grad()
@@ -419,7 +443,11 @@ SAMPLERS: dict[str, SamplerEntry] = {
         sample_dpmpp_2m, eta=0.0, eta_range=(0.0, math.inf), description="DPM-Solver++(2M) (Lu et al. 2022)"
     ),
     "euler": SamplerEntry(
-        sample_euler, eta=0.0, eta_range=(0.0, 0.0), description="Euler, rectified flow", process="rflow"
+        sample_euler,
+        eta=0.0,
+        eta_range=(0.0, 1.0),
+        description="Euler, rectified flow (eta > 0: ancestral)",
+        process="rflow",
     ),
     "heun": SamplerEntry(
         sample_heun,
