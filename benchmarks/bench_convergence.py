@@ -66,6 +66,7 @@ DEMO_V1 = [
     "train.ema_decay=0.95",
     "sample.sampler=dpm++",
     "sample.steps=20",
+    "sample.eta=null",
 ]
 """The demo's recipe before its retune (configs/demo.yaml up to e957064), on which every recipe below is
 set, so that each recipe means what it meant when RESULTS.md's convergence run was recorded whatever

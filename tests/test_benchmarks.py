@@ -270,6 +270,16 @@ def test_bench_convergence_evaluation_turns():
     assert measured("--eval-turns", "3", "--eval-every", "5") == [3, 16]
 
 
+def test_bench_convergence_recipes_keep_their_recorded_sampling():
+    """Each recipe samples as when RESULTS.md recorded it, whatever configs/demo.yaml says today: the
+    sampler's own eta (the demo's eta 1 would turn dpm++ into SDE-DPM-Solver++)."""
+    bench = load("bench_convergence")
+    for name in bench.RECIPES:
+        cfg = bench.recipe_config(name, 32, 60.0, quick=False)
+        assert cfg.sample.eta is None, name
+    assert bench.recipe_config("flow", 32, 60.0, quick=False).sample.sampler == "euler"
+
+
 def test_bench_features_smallest(tmp_path: Path, capsys):
     from tests.conftest import blob_volume, write_nifti
 
